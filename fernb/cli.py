@@ -1,0 +1,111 @@
+"""The ``fernb`` command: ``book``, ``run``, ``params`` and ``data``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fernb import runner
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = dict(args.param or [])
+    result = runner.run_notebook(args.notebook, profile=args.profile, overrides=overrides,
+                                 output_dir=args.output_dir, timeout=args.timeout)
+    print(f"{result.notebook}: {result.seconds:.0f} s\n  notebook: {result.output}\n"
+          f"  results:  {result.results_dir}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    print(runner.parameters_table(args.notebook))
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    runner.run_book(profile=args.profile, only=only, build=not args.no_build,
+                    timeout=args.timeout)
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from fernb.data import synthetic
+    ds = synthetic.generate(args.preset, n_subjects=args.n_subjects, size=args.size,
+                            seed=args.seed)
+    out = synthetic.export(ds, args.out)
+    print(f"wrote {len(ds)} faces ({ds.n_classes} classes, {args.n_subjects} subjects) to {out}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from fernb.data.check import check_dataset
+    report = check_dataset(args.name, args.root)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from fernb.data import available_datasets
+    print("\n".join(available_datasets()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fernb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_profile(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default="cpu", help="smoke, cpu (default) or paper")
+        p.add_argument("--timeout", type=int, default=3600, help="per-cell timeout, seconds")
+
+    run = sub.add_parser("run", help="execute one chapter notebook with papermill")
+    run.add_argument("notebook", help="e.g. 01_esr")
+    add_profile(run)
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="override a parameter (repeatable), e.g. -p epochs 30")
+    run.add_argument("--output-dir", type=Path, help="results folder (default "
+                     "results/<profile>/<notebook>)")
+    run.set_defaults(func=_cmd_run)
+
+    params = sub.add_parser("params", help="list a notebook's parameters and profile values")
+    params.add_argument("notebook")
+    params.set_defaults(func=_cmd_params)
+
+    book = sub.add_parser("book", help="run every chapter, then build the HTML book")
+    add_profile(book)
+    book.add_argument("--only", help="comma-separated notebooks to run, e.g. 00_data,01_esr")
+    book.add_argument("--no-build", action="store_true", help="run notebooks only")
+    book.set_defaults(func=_cmd_book)
+
+    data = sub.add_parser("data", help="synthetic data export and real-dataset checks")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="export a synthetic set (PNG images + labels.csv)")
+    synth.add_argument("--preset", default="synth-lab", choices=["synth-lab", "synth-wild"])
+    synth.add_argument("--size", type=int, default=96)
+    synth.add_argument("--n-subjects", type=int, default=40)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.set_defaults(func=_cmd_data_synth)
+    check = dsub.add_parser("check", help="validate a real dataset's layout before training")
+    check.add_argument("name", help="ckplus, jaffe, sfew, fer2013, ferplus, rafdb, affectnet")
+    check.add_argument("--root", type=Path, required=True)
+    check.set_defaults(func=_cmd_data_check)
+    dsub.add_parser("list", help="registered dataset names").set_defaults(func=_cmd_data_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (runner.ParameterError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"fernb: error: {err}", file=sys.stderr)
+        return 2
+    except (runner.NotebookError, RuntimeError) as err:
+        print(f"fernb: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The runner: parameter validation, execution, failure reporting and results versioning."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from fernb import cli, runner
+
+
+def _notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        "epochs = 2\nlr = 0.1\nname = 'synth-lab'\nuse_cuda = False\nsizes = [48, 96]\n"
+        "results_dir = 'results'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Demo"), params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "_config.yml").write_text("title: demo\n")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "book" / "profiles").mkdir(parents=True)
+    _notebook(tmp_path / "notebooks" / "00_demo.ipynb",
+              "import json, pathlib\n"
+              "pathlib.Path(results_dir).mkdir(parents=True, exist_ok=True)\n"
+              "pathlib.Path(results_dir, 'metrics.json').write_text("
+              "json.dumps({'epochs': epochs, 'lr': lr}))")
+    _notebook(tmp_path / "notebooks" / "01_broken.ipynb", "x = 1\nraise ValueError('boom')")
+    (tmp_path / "book" / "profiles" / "smoke.yaml").write_text(
+        yaml.safe_dump({"00_demo": {"epochs": 1}}))
+    return tmp_path
+
+
+def test_parameters_read_from_the_parameters_cell(project: Path) -> None:
+    params = runner.notebook_parameters(project / "notebooks" / "00_demo.ipynb")
+    assert params["epochs"].default == 2 and params["lr"].default == 0.1
+    assert params["sizes"].default == [48, 96]
+
+
+def test_unknown_parameter_lists_the_valid_ones(project: Path) -> None:
+    with pytest.raises(runner.ParameterError) as err:
+        runner.run_notebook("00_demo", profile="smoke", overrides={"bogus": 1}, root=project)
+    message = str(err.value)
+    assert "bogus" in message and "epochs = 2" in message and "lr = 0.1" in message
+    assert not (project / "book" / "_generated").exists(), "nothing may run before validation"
+
+
+@pytest.mark.parametrize("name, value", [("epochs", "ten"), ("use_cuda", "3"),
+                                         ("sizes", "48"), ("epochs", "1.5")])
+def test_wrong_type_is_rejected(project: Path, name: str, value: str) -> None:
+    with pytest.raises(runner.ParameterError, match=name):
+        runner.validate_parameters(project / "notebooks" / "00_demo.ipynb", {name: value})
+
+
+def test_cli_strings_are_coerced(project: Path) -> None:
+    values = runner.validate_parameters(project / "notebooks" / "00_demo.ipynb",
+                                        {"epochs": "3", "lr": "1", "use_cuda": "true",
+                                         "sizes": "[32, 64]", "name": "synth-wild"})
+    assert values == {"epochs": 3, "lr": 1.0, "use_cuda": True, "sizes": [32, 64],
+                      "name": "synth-wild"}
+
+
+def test_results_dir_is_reserved(project: Path) -> None:
+    with pytest.raises(runner.ParameterError, match="output-dir"):
+        runner.run_notebook("00_demo", profile="smoke", overrides={"results_dir": "x"},
+                            root=project)
+
+
+def test_unknown_profile_and_notebook(project: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="smoke"):
+        runner.run_notebook("00_demo", profile="nope", root=project)
+    with pytest.raises(FileNotFoundError, match="00_demo"):
+        runner.resolve_notebook("99_missing", root=project)
+
+
+@pytest.mark.notebook
+def test_run_writes_outputs_and_versions_on_parameter_change(project: Path) -> None:
+    result = runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
+    out = project / "results" / "smoke" / "00_demo"
+    assert json.loads((out / "metrics.json").read_text()) == {"epochs": 1, "lr": 0.1}
+    run = json.loads((out / "run.json").read_text())
+    assert run["parameters"] == {"epochs": 1} and result.results_dir == out
+    nb = nbformat.read(project / "book" / "_generated" / "00_demo.ipynb", as_version=4)
+    tagged = [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"]
+    assert ["parameters", "remove-input"] in tagged
+    assert any("injected-parameters" in t and "remove-input" in t for t in tagged)
+
+    runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 5}, root=project,
+                        progress=False)
+    previous = out.with_name(f"00_demo@{run['digest']}")
+    assert json.loads((previous / "metrics.json").read_text())["epochs"] == 1
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 5
+
+
+@pytest.mark.notebook
+def test_failing_notebook_shows_the_cell_and_error(project: Path) -> None:
+    with pytest.raises(runner.NotebookError) as err:
+        runner.run_notebook("01_broken", profile="smoke", root=project, progress=False)
+    message = str(err.value)
+    assert "raise ValueError('boom')" in message and "ValueError: boom" in message
+    assert (project / "results" / "smoke" / "01_broken" / "failed.ipynb").exists()
+    assert not (project / "book" / "_generated" / "01_broken.ipynb").exists()
+
+
+@pytest.mark.notebook
+def test_book_exits_non_zero_on_a_failing_notebook(project: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(project)
+    code = cli.main(["book", "--profile", "smoke", "--no-build"])
+    assert code == 1
+    assert "ValueError: boom" in capsys.readouterr().err
+    assert (project / "book" / "_generated" / "00_demo.ipynb").exists()
+
+
+def test_cli_bogus_parameter_fails_fast(project: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(project)
+    assert cli.main(["run", "00_demo", "--profile", "smoke", "-p", "bogus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "epochs" in err
+
+
+def test_params_table_shows_profile_values(project: Path) -> None:
+    table = runner.parameters_table("00_demo", root=project)
+    header, *rows = table.splitlines()
+    assert header.split() == ["parameter", "default", "smoke"]
+    assert any(r.split()[:3] == ["epochs", "2", "1"] for r in rows)
+    assert not any(r.startswith("results_dir") for r in rows)
