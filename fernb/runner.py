@@ -199,8 +199,9 @@ class RunResult:
 
 
 def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
-                 output_dir: Path | None = None, timeout: int = 3600,
-                 root: Path | None = None, progress: bool = True) -> RunResult:
+                 output_dir: Path | None = None, notebook_dir: Path | None = None,
+                 timeout: int = 3600, root: Path | None = None,
+                 progress: bool = True) -> RunResult:
     """Validate, execute and post-process one notebook; raise NotebookError on a failed cell.
 
     Args:
@@ -208,6 +209,7 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
         profile: ``book/profiles/<profile>.yaml`` to take parameters from.
         overrides: user parameters that win over the profile's (``-p NAME VALUE``).
         output_dir: results folder; default ``results/<profile>/<name>``.
+        notebook_dir: where the executed notebook goes; default ``book/_generated``.
         timeout: per-cell timeout in seconds.
     """
     root = root or project_root()
@@ -220,7 +222,7 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
     params = validate_parameters(path, given)
     results_dir = Path(output_dir or root / "results" / profile / stem).resolve()
     _prepare_results_dir(results_dir, params)
-    generated = root / "book" / "_generated" / f"{stem}.ipynb"
+    generated = Path(notebook_dir or root / "book" / "_generated") / f"{stem}.ipynb"
     generated.parent.mkdir(parents=True, exist_ok=True)
     scratch = results_dir / f".{stem}.running.ipynb"
     env_backup = os.environ.pop("MPLBACKEND", None)  # Agg would make glued figures vanish
