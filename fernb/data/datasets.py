@@ -8,8 +8,10 @@ splits are index arrays and a subset is a cheap copy. ``__getitem__`` returns
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -180,3 +182,24 @@ def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> FaceDatas
 def _load_builtin_loaders() -> None:
     import fernb.data.real  # noqa: F401  (registers the real-dataset readers)
     import fernb.data.synthetic  # noqa: F401  (registers synth-lab and synth-wild)
+
+
+SYNTHETIC = ("synth-lab", "synth-wild")
+
+
+def chapter_dataset(name: str, data_root: str = "", *, size: int, n_subjects: int = 40,
+                    seed: int = 0, cache_dir: str | None = None) -> FaceDataset:
+    """The dataset a chapter's ``dataset``/``data_root`` parameters ask for.
+
+    Synthetic presets take ``n_subjects`` and ``seed``; a real dataset needs ``data_root`` and
+    is checked (layout, unreadable files, labels) before anything else runs. Generated and
+    preprocessed sets are cached in ``cache_dir`` (default ``$FERNB_CACHE`` or
+    ``~/.cache/fernb``).
+    """
+    cache_dir = cache_dir or os.environ.get("FERNB_CACHE", str(Path.home() / ".cache" / "fernb"))
+    if name in SYNTHETIC:
+        return load_dataset(name, root=cache_dir, n_subjects=n_subjects, size=size, seed=seed)
+    if not data_root:
+        raise ValueError(f"dataset {name!r} needs its folder: pass -p data_root /path/to/it "
+                         f"(or use one of the synthetic presets {SYNTHETIC})")
+    return load_dataset(name, root=data_root, size=size, cache_dir=cache_dir)

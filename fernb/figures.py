@@ -1,0 +1,165 @@
+"""The book's plots: one seaborn/matplotlib style and small functions returning Figures."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fernb.landmarks import PART_COLORS, PARTS
+
+
+def set_style() -> None:
+    """The book's look: seaborn "whitegrid" in notebook context, colour-blind palette."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 130, "axes.titleweight": "bold",
+                         "image.cmap": "gray"})
+
+
+def _image(img: Any) -> np.ndarray:
+    """(C, H, W) tensor or (H, W[, C]) array -> (H, W) or (H, W, 3) numpy for imshow."""
+    arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"expected an image (H, W), (H, W, 3) or (C, H, W), got {arr.shape}")
+    return arr
+
+
+def _show(ax: Axes, img: Any) -> None:
+    arr = _image(img)
+    vmax = 255 if arr.dtype == np.uint8 else 1.0
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=vmax)
+    ax.set_axis_off()
+
+
+def confusion_matrix(cm: np.ndarray | pd.DataFrame, classes: Sequence[str],
+                     title: str | None = None) -> Figure:
+    """Annotated heat-map of a (row-normalised) confusion matrix, true classes as rows."""
+    values = np.asarray(cm, dtype=float)
+    if values.shape != (len(classes), len(classes)):
+        raise ValueError(f"cm has shape {values.shape} but there are {len(classes)} classes")
+    normalized = values.max() <= 1.0
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.8 + 0.65 * len(classes)))
+    sns.heatmap(values, annot=True, fmt=".2f" if normalized else ".0f", cmap="Blues",
+                vmin=0, vmax=1.0 if normalized else None, square=True, cbar=False,
+                xticklabels=classes, yticklabels=classes, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "")
+    return fig
+
+
+def image_grid(images: Sequence[Any] | np.ndarray | torch.Tensor,
+               titles: Sequence[str] | None = None, ncols: int = 8) -> Figure:
+    """Images in a grid (uint8 in [0, 255] or floats in [0, 1]), optional titles."""
+    n = len(images)
+    if n == 0 or ncols < 1:
+        raise ValueError(f"need at least one image and ncols >= 1, got {n} images, ncols={ncols}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{len(titles)} titles for {n} images")
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show(ax, images[i])
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=9)
+        else:
+            ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def landmarks_overlay(image: Any, landmarks: np.ndarray, ax: Axes | None = None) -> Figure:
+    """An image with its 68 landmarks, one colour per face part (jaw, eyebrows, nose, eyes,
+    mouth; :data:`fernb.landmarks.PART_COLORS`)."""
+    points = np.asarray(landmarks, dtype=float)
+    if points.shape != (68, 2):
+        raise ValueError(f"landmarks must be (68, 2) pixel (x, y), got {points.shape}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.2, 3.2))
+    _show(ax, image)
+    for part, idx in PARTS.items():
+        ax.scatter(points[list(idx), 0], points[list(idx), 1], s=10, c=PART_COLORS[part],
+                   label=part)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    return ax.figure
+
+
+def history_curves(history: Any, columns: Sequence[str] | None = None) -> Figure:
+    """Training curves: losses on the left, other metrics (e.g. accuracy) on the right.
+
+    ``history`` is a :class:`fernb.train.History`, a DataFrame, a dict of per-epoch lists or
+    a list of per-epoch dicts; an ``epoch`` column (or index) is the x axis. ``columns``
+    picks what to plot; by default every numeric column except ``lr`` and ``seconds``.
+    """
+    df = history.to_frame() if hasattr(history, "to_frame") else pd.DataFrame(history)
+    if df.empty:
+        raise ValueError("history is empty")
+    df = df.reset_index() if df.index.name == "epoch" else df
+    x = df.pop("epoch") if "epoch" in df else pd.Series(np.arange(1, len(df) + 1))
+    if columns is None:
+        columns = [c for c in df if c not in ("lr", "seconds")
+                   and pd.api.types.is_numeric_dtype(df[c])]
+    _columns(df, *columns)
+    losses = [c for c in columns if "loss" in str(c)]
+    others = [c for c in columns if c not in losses]
+    panels = [(cols, name) for cols, name in ((losses, "loss"), (others, "metric")) if cols]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2), squeeze=False)
+    for ax, (cols, name) in zip(axes.flat, panels):
+        for c in cols:
+            ax.plot(x, df[c], label=str(c))
+        ax.set(xlabel="epoch", ylabel=name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _columns(df: pd.DataFrame, *names: str | None) -> None:
+    missing = [n for n in names if n is not None and n not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def bar_with_error(df: pd.DataFrame, x: str, y: str, err: str,
+                   hue: str | None = None) -> Figure:
+    """Bars of ``y`` per ``x`` (grouped by ``hue``) with ``err`` error bars, e.g. mean ± std."""
+    _columns(df, x, y, err, hue)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if hue is None:
+        ax.bar(df[x].astype(str), df[y], yerr=df[err], capsize=4,
+               color=sns.color_palette()[0])
+    else:
+        means = df.pivot(index=x, columns=hue, values=y)
+        errors = df.pivot(index=x, columns=hue, values=err)
+        means.plot.bar(yerr=errors, capsize=3, ax=ax, rot=0)
+    ax.set(xlabel=x, ylabel=y)
+    return fig
+
+
+def line_with_error(df: pd.DataFrame, x: str, y: str, err: str,
+                    hue: str | None = None) -> Figure:
+    """Lines of ``y`` over ``x`` with a shaded ``y ± err`` band per ``hue`` group (e.g.
+    accuracy against branching level per training strategy, ESR Fig. 4)."""
+    _columns(df, x, y, err, hue)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    groups = df.groupby(hue, sort=False) if hue is not None else [(None, df)]
+    for name, group in groups:
+        g = group.sort_values(x)
+        line, = ax.plot(g[x], g[y], marker="o", label=None if name is None else str(name))
+        ax.fill_between(g[x], g[y] - g[err], g[y] + g[err], color=line.get_color(), alpha=0.2)
+    if pd.api.types.is_integer_dtype(df[x]):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=x, ylabel=y)
+    if hue is not None:
+        ax.legend(title=hue, fontsize=8)
+    return fig

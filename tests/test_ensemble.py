@@ -1,0 +1,259 @@
+"""Decision rules, diversity measures and FGA fusion, checked against the papers' examples."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fernb import ensemble as E
+
+# Zhou et al., Table 3: six R18+FAML networks on one "Anger" RAF-DB image, classes in the
+# paper's order AN, DI, FE, HA, NE, SA, SU.
+RAF_CLASSES = ("AN", "DI", "FE", "HA", "NE", "SA", "SU")
+TABLE3_LOGITS = torch.tensor([[
+    [0.295, 0.138, -1.331, 0.917, -1.429, -0.502, -0.712],
+    [0.312, 0.058, -1.383, 0.888, -1.426, -0.547, -0.495],
+    [0.187, -0.119, -0.835, 1.715, -1.240, -0.118, -1.127],
+    [1.518, -0.168, -1.641, 0.489, -1.482, -0.985, -0.491],
+    [0.798, -0.210, -1.823, 0.753, -1.308, -0.582, -1.493],
+    [0.403, -0.433, -1.392, -0.637, -0.493, -0.131, -1.072],
+]], dtype=torch.float64)  # (1, 6, 7)
+TABLE3_CLASS_COLUMN = ("FE", "FE", "FE", "AN", "AN", "AN")
+TABLE3_T2V = [8.7, 0, 0, 7.7, 0, 1, 0]
+
+
+def test_t2v_reproduces_zhou_table3():
+    rule = E.TopTwoVote(alpha=1.9, beta=1.0)
+    assert rule.scores(TABLE3_LOGITS)[0].tolist() == pytest.approx(TABLE3_T2V)
+    assert RAF_CLASSES[int(rule(TABLE3_LOGITS))] == "AN"
+
+
+def test_t2v_eq11_matches_table3():
+    out = E.t2v_votes_eq11(TABLE3_LOGITS, 1.9, 1.0).sum(dim=1)  # eq. 12
+    assert out[0].tolist() == pytest.approx(TABLE3_T2V)
+
+
+def test_table3_class_column_disagrees_with_the_stated_class_order():
+    # Networks 1-3 put their maximum at index 3, which is HA in the order the paper states
+    # (Sec. 4.1); Table 3's Class column prints FE for them. Networks 4-6 agree (AN).
+    argmax = [RAF_CLASSES[i] for i in TABLE3_LOGITS[0].argmax(dim=1).tolist()]
+    assert argmax == ["HA", "HA", "HA", "AN", "AN", "AN"]
+    assert argmax[3:] == list(TABLE3_CLASS_COLUMN[3:])
+    assert argmax[:3] != list(TABLE3_CLASS_COLUMN[:3])
+
+
+def test_table3_other_rules_choose_happiness():
+    # The example's point: averaging rules follow the three confident HA networks, T2V does not.
+    for name in ("score_average", "softmax_sum", "majority"):
+        assert int(E.RULES[name](TABLE3_LOGITS)) == 3, name
+    # The plurality vote is a 3-3 tie, resolved to the lowest index (AN).
+    assert E.RULES["plurality"].scores(TABLE3_LOGITS)[0].tolist() == [3, 0, 0, 3, 0, 0, 0]
+    assert int(E.RULES["plurality"](TABLE3_LOGITS)) == 0
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.9, 1.0), (1.0, 0.0), (3.0, 2.5), (0.5, 1.0)])
+def test_t2v_eq10_equals_eq11(alpha, beta):
+    logits = torch.randn(64, 5, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(E.t2v_votes(logits, alpha, beta), E.t2v_votes_eq11(logits, alpha, beta))
+
+
+def test_t2v_eq10_equals_eq11_with_ties():
+    logits = torch.tensor([[[1.0, 1.0, 1.0, 0.0], [2.0, 0.0, 2.0, 2.0]]])
+    assert torch.equal(E.t2v_votes(logits), E.t2v_votes_eq11(logits))
+    expected = torch.tensor([[1.9, 1.0, 0, 0], [1.9, 0, 1.0, 0]])  # ties: lower index first
+    assert torch.allclose(E.t2v_votes(logits)[0], expected)
+
+
+def test_eq11_needs_ascending_ranks():
+    # Read literally with eq. 10's descending ranks (0 = top), eq. 11 gives alpha and beta to
+    # the two *lowest* classes: it only reproduces eq. 10 with ascending ranks.
+    z = E.as_logits(torch.randn(4, 3, 7, generator=torch.Generator().manual_seed(1)))
+    s = E.descending_ranks(z).float()
+    literal = (1.9 - 2 * 1.0) * (s + 2 - 7).clamp(min=0) + 1.0 * (s + 3 - 7).clamp(min=0)
+    assert not torch.allclose(literal, E.t2v_votes(z))
+    assert torch.allclose(literal, E.t2v_votes(-z))
+
+
+def test_t2v_alpha1_beta0_is_plurality_vote():
+    logits = torch.randn(50, 4, 6, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(E.TopTwoVote(1.0, 0.0)(logits), E.PluralityVote()(logits))
+
+
+def test_t2v_two_seconds_beat_one_first():
+    # alpha = 1.9 < 2 beta: two second places outvote one first place (Zhou Sec. 4.1).
+    logits = torch.tensor([[[5.0, 0.0, 4.0], [0.0, 5.0, 4.0], [3.0, 0.0, 2.0]]])
+    # first/second places: member 1 -> 0, 2; member 2 -> 1, 2; member 3 -> 0, 2
+    assert E.TopTwoVote().scores(logits)[0].tolist() == pytest.approx([3.8, 1.9, 3.0])
+    assert int(E.TopTwoVote()(logits)) == 0
+    logits = torch.tensor([[[5.0, 0.0, 4.0], [0.0, 5.0, 4.0]]])
+    assert int(E.TopTwoVote()(logits)) == 2  # 1.0 + 1.0 > 1.9
+
+
+def test_plurality_ties_go_to_lowest_index():
+    logits = torch.tensor([[[0.0, 0.0, 9.0], [0.0, 9.0, 0.0]],
+                           [[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])
+    assert E.PluralityVote()(logits).tolist() == [1, 0]
+
+
+def test_majority_vote_and_fallbacks():
+    logits = torch.tensor([
+        [[9.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 1.0]],  # 2 of 3 votes: majority 0
+        [[0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [2.0, 0.0, 0.0]],  # no majority
+    ])
+    assert E.MajorityVote()(logits).tolist() == [0, 1]  # softmax sum picks 1
+    assert E.MajorityVote(fallback=None)(logits).tolist() == [0, -1]
+    assert E.MajorityVote(fallback="plurality")(logits).tolist() == [0, 0]  # 1-1-1 tie
+    even = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 5.0]]])
+    assert E.MajorityVote(fallback=None)(even).tolist() == [-1]  # 2 of 4 is not > M/2
+
+
+def test_score_average_is_gan_eq7_and_differs_from_softmax_sum():
+    logits = torch.tensor([[[10.0, 0.0], [0.0, 3.0], [0.0, 3.0]]])
+    assert E.ScoreAverage().scores(logits)[0].tolist() == pytest.approx([10 / 3, 2.0])
+    assert int(E.ScoreAverage()(logits)) == 0
+    # softmax sum: class 0 gets 1.000 + 2 * 0.047, class 1 gets 0.000 + 2 * 0.953
+    assert E.SoftmaxSum().scores(logits)[0].tolist() == pytest.approx([1.095, 1.905], abs=1e-3)
+    assert int(E.SoftmaxSum()(logits)) == 1
+
+
+def test_softmax_sum_is_eq13_and_weights():
+    logits = torch.randn(10, 3, 4, generator=torch.Generator().manual_seed(3))
+    expected = sum(torch.softmax(logits[:, m], dim=1) for m in range(3))
+    assert torch.allclose(E.SoftmaxSum().scores(logits), expected)
+    only_second = E.SoftmaxSum(weights=[0, 1, 0])(logits)
+    assert torch.equal(only_second, logits[:, 1].argmax(dim=1))
+    with pytest.raises(ValueError, match="one value per member"):
+        E.SoftmaxSum(weights=[1, 1])(logits)
+    with pytest.raises(ValueError, match="non-negative"):
+        E.SoftmaxSum(weights=[1, -1, 1])(logits)
+
+
+@pytest.mark.parametrize("name", sorted(E.RULES))
+def test_single_member_rules_are_argmax(name):
+    logits = torch.randn(20, 1, 5, generator=torch.Generator().manual_seed(4))
+    pred = E.RULES[name](logits)
+    assert pred.shape == (20,)
+    assert torch.equal(pred, logits[:, 0].argmax(dim=1))
+    assert E.RULES[name].scores(logits).shape == (20, 5)
+
+
+@pytest.mark.parametrize("name", sorted(E.RULES))
+def test_rules_accept_numpy(name):
+    logits = np.random.default_rng(5).normal(size=(6, 3, 4)).astype(np.float32)
+    assert torch.equal(E.RULES[name](logits), E.RULES[name](torch.from_numpy(logits)))
+
+
+def test_bad_shapes_and_names():
+    with pytest.raises(ValueError, match=r"unsqueeze\(1\)"):
+        E.RULES["plurality"](torch.zeros(4, 7))
+    with pytest.raises(TypeError):
+        E.RULES["plurality"]([[[0.0]]])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        E.TopTwoVote()(torch.zeros(2, 3, 1))
+    with pytest.raises(ValueError, match="alpha > 0"):
+        E.TopTwoVote(alpha=0.0)(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        E.get_rule("average")
+
+
+def test_pairwise_diversity_hand_computed():
+    labels = np.zeros(4, dtype=int)
+    preds = np.array([[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]])  # (N=4, M=3)
+    # member correctness: a = [1,1,0,0], b = [1,0,1,0], c = [0,0,0,1]
+    table = E.pairwise_diversity(preds, labels)
+    ab = table.iloc[0]
+    # a, b: N11 = 1, N10 = 1, N01 = 1, N00 = 1
+    assert ab[["member_a", "member_b"]].tolist() == [0, 1]
+    assert ab["disagreement"] == 0.5 and ab["double_fault"] == 0.25 and ab["q_statistic"] == 0.0
+    ac = table.iloc[1]
+    # a, c: N11 = 0, N10 = 2, N01 = 1, N00 = 1 -> Q = (0 - 2) / (0 + 2) = -1
+    assert (ac["disagreement"], ac["double_fault"], ac["q_statistic"]) == (0.75, 0.25, -1.0)
+    summary = E.diversity(preds, labels)
+    assert summary["oracle_accuracy"] == 1.0
+    assert summary["disagreement"] == pytest.approx(table["disagreement"].mean())
+
+
+def test_diversity_of_identical_members():
+    labels = np.array([0, 1, 2, 0])
+    logits = np.tile(np.eye(3)[[0, 1, 1, 0]][:, None, :], (1, 3, 1))  # 3 identical members
+    d = E.diversity(logits, labels)
+    assert d["disagreement"] == 0.0
+    assert d["double_fault"] == 0.25
+    assert d["q_statistic"] == 1.0
+    assert d["oracle_accuracy"] == 0.75
+
+
+def test_q_statistic_undefined_when_always_right():
+    labels = np.array([0, 1])
+    preds = np.array([[0, 0], [1, 1]])
+    assert np.isnan(E.diversity(preds, labels)["q_statistic"])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        E.pairwise_diversity(preds[:, :1], labels)
+
+
+def _constructed_problem(n=300, seed=0):
+    """Member 0 is right with a margin of 1; members 1 and 2 are confidently wrong on 60 %."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    wrong = rng.random(n) < 0.6
+    logits = np.zeros((n, 3, 3))
+    logits[np.arange(n), 0, y] = 1.0
+    target = np.where(wrong, (y + 1) % 3, y)
+    logits[np.arange(n), 1, target] = 5.0
+    logits[np.arange(n), 2, target] = 5.0
+    return torch.from_numpy(logits), y
+
+
+def test_fga_finds_the_known_best_weights():
+    logits, y = _constructed_problem()
+    # Where 1 and 2 are wrong, the truth wins iff w0 (p1 - q1) > (w1 + w2) (p5 - q5), with
+    # p/q the softmax of the true/wrong class at margin 1 and 5.
+    p = torch.softmax(torch.tensor([1.0, 0.0, 0.0]), 0)
+    q = torch.softmax(torch.tensor([5.0, 0.0, 0.0]), 0)
+    ratio = float((q[0] - q[1]) / (p[0] - p[1]))  # ~2.7
+    uniform = float((E.SoftmaxSum()(logits).numpy() == y).mean())
+    result = E.fga_weights(logits, y, population=16, generations=15, seed=0)
+    w = result.weights
+    assert uniform < 0.5
+    assert result.fitness == 1.0
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] > ratio * (w[1] + w[2])
+    assert float((E.SoftmaxSum(weights=w)(logits).numpy() == y).mean()) == 1.0
+    assert result.history == sorted(result.history)  # elitism: best never gets worse
+    again = E.fga_weights(logits, y, population=16, generations=15, seed=0)
+    np.testing.assert_array_equal(again.weights, w)
+
+
+def test_genetic_search_maximises_a_known_function():
+    target = np.array([0.2, 0.9, 0.5])
+    result = E.genetic_search(lambda g: -float(np.abs(g - target).sum()), 3,
+                              population=24, generations=40, seed=1)
+    np.testing.assert_allclose(result.weights, target, atol=0.1)
+    with pytest.raises(ValueError):
+        E.genetic_search(lambda g: 0.0, 3, population=2, elite=2)
+
+
+def test_fused_kernels_equal_averaged_feature_maps():
+    # Zhou eq. 8 -> eq. 9: on a shared input, the convolution with averaged kernels equals the
+    # average of the convolutions (distributive law).
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(3, 4, 3) for _ in range(3)]
+    fused = nn.Conv2d(3, 4, 3)
+    fused.load_state_dict(E.fuse_state_dicts([c.state_dict() for c in convs]))
+    x = torch.randn(2, 3, 8, 8)
+    expected = torch.stack([c(x) for c in convs]).mean(dim=0)
+    assert torch.allclose(fused(x), expected, atol=1e-6)
+
+
+def test_fuse_state_dicts_weights_and_buffers():
+    nets = [nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)) for _ in range(2)]
+    nets[1][1].num_batches_tracked += 7
+    sds = [n.state_dict() for n in nets]
+    first = E.fuse_state_dicts(sds, weights=[3.0, 0.0])
+    assert all(torch.equal(first[k], sds[0][k]) for k in sds[0])
+    half = E.fuse_state_dicts(sds, weights=[1.0, 1.0])
+    assert torch.allclose(half["0.weight"], (sds[0]["0.weight"] + sds[1]["0.weight"]) / 2)
+    assert half["1.num_batches_tracked"].item() == 0
+    with pytest.raises(ValueError, match="does not match"):
+        E.fuse_state_dicts([sds[0], nn.Linear(2, 3).state_dict()])
+    with pytest.raises(ValueError, match="sum to 0"):
+        E.fuse_state_dicts(sds, weights=[0.0, 0.0])
