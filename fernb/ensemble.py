@@ -91,6 +91,11 @@ class PluralityVote(DecisionRule):
         return votes.sum(dim=1).to(logits.dtype)  # (B, C)
 
 
+def plurality_vote(logits: ArrayLike) -> torch.Tensor:
+    """(B, M, C) logits -> (B,) plurality-vote classes, ties to the lowest index (ESR)."""
+    return PluralityVote()(logits)
+
+
 class MajorityVote(PluralityVote):
     """A class wins only with more than M/2 votes; otherwise ``fallback`` decides.
 

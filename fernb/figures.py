@@ -163,3 +163,38 @@ def line_with_error(df: pd.DataFrame, x: str, y: str, err: str,
     if hue is not None:
         ax.legend(title=hue, fontsize=8)
     return fig
+
+
+def class_grid(dataset: Any, n_rows: int = 5) -> Figure:
+    """One image per class (columns) for the first ``n_rows`` subjects showing every class;
+    a sequence's last (peak) frame is used."""
+    subjects = [s for s in np.unique(dataset.subjects)
+                if len(np.unique(dataset.labels[dataset.subjects == s])) == dataset.n_classes]
+    if not subjects:
+        raise ValueError("no subject shows every class; pass more subjects")
+    images, titles = [], []
+    for row, s in enumerate(subjects[:n_rows]):
+        for c, name in enumerate(dataset.classes):
+            idx = np.flatnonzero((dataset.subjects == s) & (dataset.labels == c))
+            images.append(dataset.images[idx[-1]])
+            titles.append(name if row == 0 else "")
+    return image_grid(images, titles, ncols=dataset.n_classes)
+
+
+def valence_arousal_scatter(points: pd.DataFrame,
+                            prototypes: dict[str, tuple[float, float]]) -> Figure:
+    """Samples' (valence, arousal) coloured by ``emotion``, with each emotion's circumplex
+    prototype marked."""
+    _columns(points, "valence", "arousal", "emotion")
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    sns.scatterplot(points, x="valence", y="arousal", hue="emotion", s=8, alpha=0.5,
+                    linewidth=0, ax=ax)
+    for name, (v, a) in prototypes.items():
+        if name in set(points["emotion"]):
+            ax.scatter([v], [a], marker="x", c="black", s=30)
+            ax.annotate(name, (v, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlim=(-1, 1), ylim=(-1, 1))
+    ax.axhline(0, c="gray", lw=0.5)
+    ax.axvline(0, c="gray", lw=0.5)
+    ax.legend(fontsize=7, markerscale=2, loc="lower left")
+    return fig

@@ -3,7 +3,7 @@
 A :class:`FaceDataset` holds whole arrays (images, labels, subjects and optional metadata), so
 splits are index arrays and a subset is a cheap copy. ``__getitem__`` returns
 ``(image, target)``: the image as a float tensor (C, H, W) in [0, 1] after the optional
-``transform``, the target chosen by ``target`` ("label", "mixture" or "valence_arousal").
+``transform``, the target chosen by ``target`` ("label", "mixtures" or "valence_arousal").
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from fernb.labels import EMOTIONS_8
 
-TARGETS = ("label", "mixture", "valence_arousal")
+TARGETS = ("label", "mixtures", "valence_arousal")
 
 
 @dataclass

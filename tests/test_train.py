@@ -1,0 +1,327 @@
+"""The training loop, ESR's Algorithm 1, affect fine-tuning and bagging."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from fernb.data.datasets import FaceDataset
+from fernb.models import ESR
+from fernb.losses import member_cross_entropy, member_rmse
+from fernb.train import (balanced_subset, finetune_affect, fit, freeze, quadrants, resolve_device,
+                         train_bagging, train_esr)
+
+FAST = {"progress": False, "device": "cpu", "batch_size": 16}
+
+
+def toy(n=48, size=48, seed=0):
+    """Tiny learnable data: the class is which image half is bright."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, size, size, generator=g) * 0.2
+    x[y == 1, :, :, size // 2:] += 0.8
+    x[y == 0, :, :, :size // 2] += 0.8
+    return TensorDataset(x, y)
+
+
+def small_esr(n_branches=2, level=3, n_classes=2):
+    torch.manual_seed(0)
+    return ESR(level=level, n_branches=n_branches, n_classes=n_classes, width=0.25)
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_member_cross_entropy_is_eq1_sum_over_members():
+    logits = torch.zeros(5, 3, 8)  # uniform: each member's cross-entropy is ln 8
+    assert member_cross_entropy(logits, torch.zeros(5, dtype=torch.long)).item() == \
+        pytest.approx(3 * math.log(8))
+    logits = torch.randn(6, 4, 8)
+    y = torch.randint(0, 8, (6,))
+    expected = sum(F.cross_entropy(logits[:, b], y) for b in range(4))
+    torch.testing.assert_close(member_cross_entropy(logits, y), expected)
+    # Soft labels: a one-hot distribution gives the same loss as the class index.
+    torch.testing.assert_close(member_cross_entropy(logits, F.one_hot(y, 8).float()), expected)
+
+
+def test_member_rmse():
+    out = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]])  # (B=2, M=2, 2)
+    target = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # member 1: RMSE 0 (valence) + 1 (arousal); member 2: 1 + 0.
+    assert member_rmse(out, target).item() == pytest.approx(2.0)
+
+
+def test_fit_learns_and_records_history():
+    model, data = small_esr(), toy()
+    history = fit(model, data, data, epochs=4, lr=0.05, **FAST)
+    frame = history.to_frame()
+    assert list(frame.index) == [1, 2, 3, 4]
+    for col in ("train_loss", "train_acc_1", "train_acc_2", "train_acc_ens", "val_loss",
+                "val_acc_ens", "lr", "seconds"):
+        assert col in frame
+    assert frame.train_loss.iloc[-1] < frame.train_loss.iloc[0]
+    assert history.best_epoch == int(frame.val_loss.idxmin())
+
+
+def test_best_validation_weights_are_restored():
+    model, data = small_esr(), toy()
+    history = fit(model, data, data, epochs=3, lr=0.05, **FAST)
+    model.eval()
+    x, y = data.tensors
+    with torch.no_grad():
+        loss = member_cross_entropy(model(x), y).item()
+    assert loss == pytest.approx(history.to_frame().val_loss.min(), rel=1e-5)
+
+
+def test_freeze_keeps_weights_and_batchnorm_statistics():
+    model, data = small_esr(), toy()
+    freeze(model.base)
+    base, branches = state(model.base), state(model.branches)
+    fit(model, data, epochs=1, lr=0.1, **FAST)
+    assert same(base, state(model.base))  # running_mean/var included
+    assert not same(branches, state(model.branches))
+
+
+def test_param_group_learning_rates_are_applied():
+    model, data = small_esr(), toy(n=16)
+    x, y = data.tensors
+    reference = copy.deepcopy(model).train()
+    member_cross_entropy(reference(x), y).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = [{"params": model.base, "lr": 0.001}, {"params": model.branches, "lr": 0.1}]
+    fit(model, data, epochs=1, lr=0.5, momentum=0.0, param_groups=groups,
+        **{**FAST, "batch_size": 16})
+    for (name, p), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
+        lr = 0.001 if name.startswith("base.") else 0.1
+        torch.testing.assert_close(before[name] - p.detach(), lr * ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_param_groups_must_cover_trainable_parameters():
+    model = small_esr()
+    with pytest.raises(ValueError, match="no param group"):
+        fit(model, toy(), epochs=1, lr=0.1, param_groups=[{"params": model.base}], **FAST)
+
+
+def random_flip(x):
+    flip = torch.rand(len(x), device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    data, val = toy(), toy(n=16, seed=1)
+    kwargs = dict(epochs=4, lr=0.05, augment=random_flip, **FAST)
+    straight = small_esr()
+    h_straight = fit(straight, data, val, checkpoint_dir=tmp_path / "a", **kwargs)
+    interrupted = small_esr()
+    fit(interrupted, data, val, checkpoint_dir=tmp_path / "b", **{**kwargs, "epochs": 2})
+    resumed = small_esr()  # a fresh process would rebuild the model from scratch
+    h_resumed = fit(resumed, data, val, checkpoint_dir=tmp_path / "b", **kwargs)
+    assert (tmp_path / "b" / "last.pt").exists()
+    assert same(state(straight), state(resumed))
+    assert h_resumed.to_frame().drop(columns="seconds").equals(
+        h_straight.to_frame().drop(columns="seconds"))
+
+
+def test_nan_loss_names_epoch_and_batch():
+    x, y = toy().tensors
+    x = x.clone()
+    x[0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1.*learning rate"):
+        fit(small_esr(), TensorDataset(x, y), epochs=1, lr=0.1, **{**FAST, "batch_size": 48})
+
+
+def test_empty_and_wrong_data():
+    empty = TensorDataset(torch.zeros(0, 1, 48, 48), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="train_data is empty"):
+        fit(small_esr(), empty, epochs=1, lr=0.1, **FAST)
+    with pytest.raises(TypeError, match="torch Dataset"):
+        fit(small_esr(), [(torch.zeros(1, 48, 48), 0)], epochs=1, lr=0.1, **FAST)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(small_esr(), toy(), epochs=1, lr=0.1, optimizer="lbfgs", **FAST)
+
+
+def test_soft_labels_and_dataloader_and_adam():
+    x, y = toy().tensors
+    soft = 0.9 * F.one_hot(y, 2).float() + 0.05
+    history = fit(small_esr(), DataLoader(TensorDataset(x, soft), batch_size=16), epochs=2,
+                  lr=1e-3, optimizer="adam", progress=False, device="cpu")
+    assert len(history) == 2 and 0 <= history.to_frame().train_acc_ens.iloc[-1] <= 1
+
+
+def face_dataset(n=24, target="label"):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, n)
+    mixtures = np.eye(8, dtype=np.float32)[labels]
+    va = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    return FaceDataset(images=rng.integers(0, 255, (n, 64, 64), dtype=np.uint8), labels=labels,
+                       subjects=np.arange(n), mixtures=mixtures, valence_arousal=va,
+                       target=target)
+
+
+def test_face_dataset_input():
+    data = face_dataset().with_options(channels=1)
+    model = ESR(n_branches=2, width=0.25)
+    history = fit(model, data, data, epochs=1, lr=0.01, **FAST)
+    assert "val_acc_ens" in history.to_frame()
+
+
+def test_early_stopping_stops():
+    model, data = small_esr(), toy(n=16)
+    history = fit(model, data, toy(n=16, seed=5), epochs=30, lr=0.5, early_stopping=1, **FAST)
+    assert len(history) < 30
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "varied", "frozen"])
+def test_algorithm1_grows_branches_and_treats_trained_parts(strategy):
+    model, data = small_esr(n_branches=1), toy()
+    subsets = [np.arange(0, 32), np.arange(16, 48)]
+    torch.manual_seed(0)
+    grown, histories = train_esr(model, data, subsets, data, strategy=strategy, epochs=2,
+                                 lr=0.05, lr_trained=0.01, **FAST)
+    assert len(grown.branches) == 2 and len(histories) == 2
+    assert "train_acc_2" in histories[1].to_frame() and "train_acc_2" not in histories[0].to_frame()
+
+
+def test_algorithm1_loss_sums_over_existing_branches():
+    members = []
+
+    def spy(logits, targets):
+        members.append(logits.shape[1])
+        return member_cross_entropy(logits, targets)
+
+    train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, epochs=1, lr=0.05,
+              loss_fn=spy, **FAST)
+    assert members == [1, 2, 3]  # one mini-batch per stage, eq. (1) over existing branches
+
+
+def test_algorithm1_frozen_through_train_esr():
+    model, data = small_esr(n_branches=1), toy()
+    torch.manual_seed(1)
+    grown, _ = train_esr(model, data, [np.arange(48)], strategy="frozen", epochs=1, lr=0.05,
+                         **FAST)
+    base, b1 = state(grown.base), state(grown.branches[0])
+    grown2, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)],
+                          strategy="frozen", epochs=1, lr=0.05, **FAST)
+    # Stage 1 is identical (same seed), so after stage 2 the frozen parts must still match it.
+    assert same(base, state(grown2.base)) and same(b1, state(grown2.branches[0]))
+    assert not same(b1, state(grown2.branches[1]))
+
+
+def test_algorithm1_varied_updates_earlier_branches():
+    data = toy()
+    one, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48)], strategy="varied",
+                       epochs=1, lr=0.05, **FAST)
+    two, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)],
+                       strategy="varied", epochs=1, lr=0.05, **FAST)
+    assert not same(state(one.branches[0]), state(two.branches[0]))
+    assert not same(state(one.base), state(two.base))
+
+
+def test_interleaved_trains_one_branch_per_batch():
+    model, data = small_esr(n_branches=1), toy(n=32)
+    grown, histories = train_esr(model, data, [np.arange(16), np.arange(16, 32)],
+                                 strategy="interleaved", epochs=1, lr=0.05,
+                                 **{**FAST, "batch_size": 32})
+    assert len(grown.branches) == 2 and len(histories) == 1
+
+
+def test_interleaved_step_touches_only_one_branch():
+    model, data = small_esr(n_branches=1), toy(n=16)
+    before = small_esr(n_branches=1)
+    before.add_branch()
+    model.add_branch()
+    model.load_state_dict(before.state_dict())
+    train_esr(model, data, [np.arange(16), np.arange(16)], strategy="interleaved", epochs=1,
+              lr=0.05, momentum=0.0, **{**FAST, "batch_size": 16})  # exactly one mini-batch
+    changed = [not same(state(before.branches[i]), state(model.branches[i])) for i in range(2)]
+    # Branch 2's BatchNorm statistics move in train mode, its weights must not.
+    assert changed[0]
+    assert torch.equal(before.branches[1].fc.weight, model.branches[1].fc.weight)
+
+
+def test_train_esr_arguments():
+    with pytest.raises(ValueError, match="one branch"):
+        train_esr(small_esr(n_branches=2), toy(), [np.arange(8)], epochs=1, **FAST)
+    with pytest.raises(ValueError, match="strategy"):
+        train_esr(small_esr(n_branches=1), toy(), [np.arange(8)], strategy="x", epochs=1)
+
+
+def test_finetune_affect_trains_only_affect_heads():
+    torch.manual_seed(0)
+    model = ESR(arch="wild", n_branches=2, width=0.125)
+    data = face_dataset(n=16, target="valence_arousal").with_options(channels=3)
+    before = state(model)
+    model, histories = finetune_affect(model, data, [np.arange(16), np.arange(8)], data,
+                                       epochs=1, **FAST)
+    after = state(model)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".affect." in k for k in moved)
+    assert {k.split(".")[1] for k in moved} == {"0", "1"}
+    assert "val_rmse_ens" in histories[1].to_frame() and len(histories) == 2
+
+
+def test_train_bagging_trains_each_network_on_its_subset():
+    torch.manual_seed(0)
+    model, data = ESR(level=0, n_branches=2, n_classes=2, width=0.25), toy()
+    before = state(model)
+    model, histories = train_bagging(model, data, [np.arange(24), np.arange(24, 48)],
+                                     epochs=1, lr=0.05, **FAST)
+    assert len(histories) == 2 and all("train_acc_1" in h.to_frame() for h in histories)
+    for k in range(2):
+        prefix = f"branches.{k}."
+        trained = {prefix + n: v for n, v in state(model.branches[k]).items()}
+        assert not same({n: v for n, v in before.items() if n.startswith(prefix)}, trained)
+    with pytest.raises(TypeError, match="level=0"):
+        train_bagging(small_esr(), data, [np.arange(8)] * 2, epochs=1)
+
+
+def test_balanced_subset():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 6)
+    idx = balanced_subset(labels, 5, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [5, 3, 5]
+    assert np.array_equal(idx, balanced_subset(labels, 5, seed=0))
+    assert len(np.unique(idx)) == len(idx)
+    with pytest.raises(ValueError, match="n_per_class"):
+        balanced_subset(labels, 0)
+
+
+def test_quadrants():
+    va = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5], [0.0, 0.0]])
+    assert quadrants(va).tolist() == [0, 1, 2, 3, 0]
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        quadrants(np.zeros(3))
+
+
+@pytest.mark.parametrize("strategy, lr_base, lr_old", [
+    ("fixed", 0.1, 0.1), ("varied", 0.1, 0.02), ("frozen", None, None)])
+def test_algorithm1_learning_rates_per_treatment(monkeypatch, strategy, lr_base, lr_old):
+    import fernb.train as train
+    seen = []
+
+    def spy(model, *args, param_groups=None, **kwargs):
+        seen.append({id(p): g["lr"] for g in param_groups for p in
+                     (g["params"].parameters() if isinstance(g["params"], torch.nn.Module)
+                      else g["params"]) if p.requires_grad})
+        return train.History()
+
+    monkeypatch.setattr(train, "fit", spy)
+    model, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(8)] * 2,
+                         strategy=strategy, epochs=1, lr=0.1, lr_trained=0.02)
+    def rate(module):
+        return {seen[1].get(id(p)) for p in module.parameters()}
+
+    assert rate(model.branches[1]) == {0.1}
+    assert rate(model.base) == {lr_base} and rate(model.branches[0]) == {lr_old}
