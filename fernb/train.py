@@ -227,7 +227,8 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         task: str = "classification", batch_size: int = 32, device: str | torch.device = "auto",
         seed: int = 0, checkpoint_dir: str | Path | None = None,
         early_stopping: int | None = None, progress: bool = True,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> History:
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> History:
     """Train ``model`` (output (B, M, C)) and return its per-epoch :class:`History`.
 
     Args:
@@ -251,6 +252,8 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         early_stopping: stop after this many epochs without a lower validation loss.
         progress: show a tqdm bar over epochs.
         augment: applied to every training batch (B, C, H, W) on the device.
+        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch (1-based),
+            e.g. to draw saliency maps at training milestones (ESR Fig. 5, right).
 
     The weights of the epoch with the lowest validation loss are restored at the end (the
     last epoch's when there is no validation data).
@@ -338,6 +341,8 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         else:
             stale += 1
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_loss")})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
 
         if ckpt_path is not None:
             atomic_torch_save({

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from fernb.data.datasets import FaceDataset
-from fernb.models import ESR
+from fernb.models import ESR, single_network
 from fernb.losses import member_cross_entropy, member_rmse
 from fernb.train import (balanced_subset, finetune_affect, fit, freeze, quadrants, resolve_device,
                          train_bagging, train_esr)
@@ -325,3 +325,12 @@ def test_algorithm1_learning_rates_per_treatment(monkeypatch, strategy, lr_base,
 
     assert rate(model.branches[1]) == {0.1}
     assert rate(model.base) == {lr_base} and rate(model.branches[0]) == {lr_old}
+
+
+def test_on_epoch_end_sees_every_epoch_and_the_model():
+    model = single_network(n_classes=3, width=0.25)
+    x, y = torch.rand(12, 1, 48, 48), torch.randint(0, 3, (12,))
+    seen = []
+    fit(model, TensorDataset(x, y), epochs=3, lr=0.01, progress=False, device="cpu",
+        on_epoch_end=lambda epoch, m: seen.append((epoch, m is model, m.training)))
+    assert seen == [(1, True, True), (2, True, True), (3, True, True)]

@@ -171,3 +171,15 @@ def test_landmark_detector_names_the_extra_when_mediapipe_is_missing(monkeypatch
     monkeypatch.setitem(sys.modules, "mediapipe", None)
     with pytest.raises(ImportError, match=r'pip install "fernb\[landmarks\]"'):
         detect_landmarks([np.zeros((32, 32), np.uint8)])
+
+
+def test_batch_augmentation_draws_per_image():
+    from fernb.data.transforms import BatchAugmentation
+    torch.manual_seed(0)
+    batch = torch.rand(1, 1, 48, 48).expand(16, -1, -1, -1).contiguous()
+    out = BatchAugmentation("esr", 48)(batch)
+    assert out.shape == batch.shape
+    assert len({round(float(img.sum()), 3) for img in out}) > 8, "images share one transform"
+    assert torch.equal(BatchAugmentation("none", 48)(batch), batch)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        BatchAugmentation("flip", 48)(batch[0])

@@ -213,6 +213,26 @@ def augmentation(kind: str, size: int) -> v2.Transform:
     return v2.Compose(steps)
 
 
+
+class BatchAugmentation:
+    """Apply :func:`augmentation` to every image of a (B, C, H, W) batch independently, for
+    ``fernb.train.fit(augment=...)`` (a v2 transform called on a batch would draw one set of
+    random parameters for the whole batch)."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind = kind
+        self.transform = augmentation(kind, size)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.ndim != 4:
+            raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(batch.shape)}")
+        if self.kind == "none":
+            return batch
+        return torch.stack([self.transform(image) for image in batch])
+
+    def __repr__(self) -> str:
+        return f"BatchAugmentation({self.kind!r})"
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (N, C, H, W) images: pass the training split only."""
     if images.ndim != 4:

@@ -1,0 +1,235 @@
+"""ESR's in-the-lab experiments (Siqueira et al. 2020, "Redundancy and Diversity Analysis").
+
+For each subject-independent trial (:func:`fernb.data.splits.esr_trials`) the study trains
+the single network (on all training folds), the traditional ensemble (bagging: each network
+on the training folds less one) and ESR-4 grown by Algorithm 1 at each branching level and
+with each treatment of already-trained parts, then scores every model on the test fold with
+the plurality vote (Fig. 4, Tables 1 and 2). For chosen runs it also records Grad-CAM maps of
+the newest branch at training milestones (Fig. 5, right).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fernb.complexity import count_parameters
+from fernb.data.datasets import FaceDataset
+from fernb.data.splits import esr_trials, leave_one_fold_out
+from fernb.data.transforms import BatchAugmentation
+from fernb.ensemble import plurality_vote
+from fernb.evaluate import predict
+from fernb.explain import gradcam
+from fernb.io import atomic_write_bytes, atomic_write_json, read_json
+from fernb.models.esr import ESR, single_network, traditional_ensemble
+from fernb.train import STRATEGIES, History, fit, train_bagging, train_esr
+
+MODELS = ("single", "TE", "ESR")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model trained and tested in one trial."""
+
+    trial: int
+    model: str
+    level: int = 0
+    strategy: str = "-"
+    saliency: bool = False
+
+    @property
+    def key(self) -> str:
+        if self.model == "ESR":
+            return f"t{self.trial}-ESR-L{self.level}-{self.strategy}"
+        return f"t{self.trial}-{self.model}"
+
+    @property
+    def label(self) -> str:
+        return f"ESR-4 Lvl. {self.level} ({self.strategy})" if self.model == "ESR" else {
+            "single": "Single network", "TE": "Traditional ensemble"}[self.model]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Training settings shared by every run (paper: SGD, momentum 0.9, lr 0.1, trained
+    branches 0.02 under "varied", lr halved every 250 epochs, ESR's augmentation)."""
+
+    epochs: int
+    lr: float = 0.1
+    lr_trained: float = 0.02
+    lr_step: int | None = 250
+    batch_size: int = 32
+    width: float = 1.0
+    n_train_folds: int = 4
+    augment: str = "esr"
+    device: str = "auto"
+    seed: int = 0
+
+
+def plan(trials: Sequence[int], levels: Sequence[int], strategies: Sequence[str], *,
+         saliency_level: int | None = None) -> list[Run]:
+    """Runs of the study: per trial the single network, the traditional ensemble and ESR-4
+    at every level with every strategy. With ``saliency_level``, the first trial's TE and
+    its ESR at that level (first strategy) also record milestone saliency maps."""
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"unknown strategies {bad}; choose from {STRATEGIES}")
+    if any(not 1 <= lv <= 5 for lv in levels):
+        raise ValueError(f"levels must lie in 1..5 (shared convolutions), got {list(levels)}")
+    runs = []
+    for i, t in enumerate(trials):
+        first = i == 0 and saliency_level is not None
+        runs += [Run(t, "single"), Run(t, "TE", saliency=first)]
+        runs += [Run(t, "ESR", lv, s, saliency=first and lv == saliency_level and s == strategies[0])
+                 for lv in levels for s in strategies]
+    return runs
+
+
+@dataclass
+class StudyResults:
+    """Per-run test accuracies (``table``), test logits and labels, per-stage histories and
+    milestone saliency maps, keyed by :attr:`Run.key`."""
+
+    table: pd.DataFrame
+    logits: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    histories: dict[str, list[pd.DataFrame]]
+    saliency: dict[str, dict[str, np.ndarray]]
+
+
+def _last_layer(model: nn.Module, branch: nn.Module) -> nn.Module:
+    """Grad-CAM layer of a branch: its last convolution block, or the base's last at level 5."""
+    if len(branch.features):
+        return branch.features[-1]
+    return model.base[-1]
+
+
+class _Milestones:
+    """``on_epoch_end`` hook: Grad-CAM of the newest branch/network at chosen epochs."""
+
+    def __init__(self, images: torch.Tensor, targets: np.ndarray, epochs: Sequence[int],
+                 path: Path) -> None:
+        self.images, self.targets, self.epochs, self.path = images, targets, set(epochs), path
+        self.esr: ESR | None = None  # the model whose branches are being trained
+        self.maps = dict(np.load(path)) if path.exists() else {}  # resumed run keeps its maps
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if epoch not in self.epochs:
+            return
+        if isinstance(model, ESR):
+            member, branch = len(model.branches) - 1, model.branches[-1]
+        else:  # one network of the traditional ensemble, trained alone
+            member, branch = 0, model.branch
+        stage = 1 + next(i for i, b in enumerate(self.esr.branches) if b is branch)
+        self.maps[f"stage{stage}_epoch{epoch}"] = gradcam(
+            model, self.images.to(next(model.parameters()).device),
+            _last_layer(self.esr, branch), member=member, targets=self.targets.tolist())
+        _save_npz(self.path, **self.maps)
+
+
+def _train(run: Run, data: FaceDataset, folds: np.ndarray, config: Config, out: Path,
+           hook: _Milestones | None) -> tuple[nn.Module, list[History]]:
+    split = esr_trials(folds, config.n_train_folds)[run.trial]
+    bags = leave_one_fold_out(split, folds)
+    val = data.subset(split.val)
+    common = dict(batch_size=config.batch_size, device=config.device, seed=config.seed,
+                  progress=False, augment=BatchAugmentation(config.augment, data.image_size[0]),
+                  schedule=partial(torch.optim.lr_scheduler.StepLR, step_size=config.lr_step,
+                                   gamma=0.5) if config.lr_step else None)
+    n = data.n_classes
+    if run.model == "single":
+        model = single_network(n_classes=n, width=config.width)
+        return model, [fit(model, data.subset(split.train), val, epochs=config.epochs,
+                           lr=config.lr, checkpoint_dir=out / "ckpt", **common)]
+    if run.model == "TE":
+        model = traditional_ensemble(n_networks=len(bags), n_classes=n, width=config.width)
+        if hook is not None:
+            hook.esr = model
+            common["on_epoch_end"] = hook
+        return train_bagging(model, data, bags, val, epochs=config.epochs, lr=config.lr,
+                             checkpoint_dir=out / "ckpt", **common)
+    model = ESR(arch="lab", level=run.level, n_branches=1, n_classes=n, width=config.width)
+    if hook is not None:
+        hook.esr = model
+        common["on_epoch_end"] = hook
+    return train_esr(model, data, bags, val, strategy=run.strategy, epochs=config.epochs,
+                     lr=config.lr, lr_trained=config.lr_trained, checkpoint_dir=out / "ckpt",
+                     **common)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config: Config,
+              out_dir: str | Path, *, saliency_images: np.ndarray | None = None,
+              milestones: Sequence[int] = (), progress: bool = True) -> StudyResults:
+    """Train and test every run, or load it when ``out_dir`` already holds its result.
+
+    Args:
+        data: the whole dataset (e.g. synth-lab or CK+ at the study's image size).
+        folds: fold id per sample (:func:`fernb.data.splits.esr_subject_folds`).
+        runs: from :func:`plan`.
+        config: training settings.
+        out_dir: one folder per run (result.json, logits, histories, checkpoints); an
+            interrupted run resumes from its last finished epoch.
+        saliency_images: indices of ``data`` whose maps runs with ``saliency`` record.
+        milestones: epochs (1-based, within each added branch) at which maps are drawn.
+    """
+    folds = np.asarray(folds)
+    if len(folds) != len(data):
+        raise ValueError(f"folds has {len(folds)} entries for {len(data)} images")
+    k = int(folds.max()) + 1
+    bad = sorted({r.trial for r in runs if not 0 <= r.trial < k})
+    if bad:
+        raise ValueError(f"trials {bad} do not exist: there are {k} folds, so trials 0..{k - 1}")
+    if config.n_train_folds > k - 2:
+        raise ValueError(f"n_train_folds={config.n_train_folds} needs at least "
+                         f"{config.n_train_folds + 2} folds; got {k}")
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "config.json", asdict(config))
+    rows, logits, labels, histories, saliency = [], {}, {}, {}, {}
+    for run in tqdm(runs, desc="runs", disable=not progress):
+        out = out_dir / run.key
+        result = read_json(out / "result.json")
+        if result is None:
+            hook = None
+            if run.saliency and saliency_images is not None and milestones:
+                imgs, tgts = data.tensors(saliency_images)
+                hook = _Milestones(imgs, tgts.numpy(), milestones, out / "saliency.npz")
+            start = time.perf_counter()
+            model, hist = _train(run, data, folds, config, out, hook)
+            seconds = time.perf_counter() - start
+            split = esr_trials(folds, config.n_train_folds)[run.trial]
+            test_logits = predict(model, data.subset(split.test), device=config.device).numpy()
+            test_labels = data.labels[split.test]
+            for i, h in enumerate(hist, start=1):
+                h.to_frame().to_csv(out / f"history_{i}.csv", index=False)
+            _save_npz(out / "test.npz", logits=test_logits, labels=test_labels)
+            members = (test_logits.argmax(-1) == test_labels[:, None]).mean(0)
+            result = {**asdict(run), "key": run.key, "label": run.label,
+                      "accuracy": float((plurality_vote(torch.from_numpy(test_logits)).numpy()
+                                         == test_labels).mean()),
+                      "member_accuracy": members.tolist(), "params": count_parameters(model),
+                      "train_seconds": round(seconds, 1), "stages": len(hist)}
+            atomic_write_json(out / "result.json", result)
+        stored = np.load(out / "test.npz")
+        logits[run.key], labels[run.key] = stored["logits"], stored["labels"]
+        histories[run.key] = [pd.read_csv(p) for p in sorted(out.glob("history_*.csv"))]
+        if (out / "saliency.npz").exists():
+            saliency[run.key] = dict(np.load(out / "saliency.npz"))
+        rows.append(result)
+    table = pd.DataFrame(rows)
+    return StudyResults(table, logits, labels, histories, saliency)

@@ -1,0 +1,68 @@
+"""ESR's branching-level study: plan, train, store, resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fernb.data.datasets import FaceDataset
+from fernb.data.splits import esr_subject_folds
+from fernb.studies import esr as study
+
+
+@pytest.fixture
+def data() -> FaceDataset:
+    rng = np.random.default_rng(0)
+    n = 96
+    labels = np.tile(np.arange(3), n // 3)
+    images = rng.integers(0, 60, (n, 48, 48), dtype=np.uint8)
+    images[labels == 1, 10:20, 10:20] = 250          # class cues a network can learn
+    images[labels == 2, 30:40, 30:40] = 250
+    return FaceDataset(images=images, labels=labels, subjects=np.repeat(np.arange(12), 8),
+                       classes=("neutral", "happiness", "sadness"), name="toy")
+
+
+def test_plan_covers_models_levels_and_strategies() -> None:
+    runs = study.plan([0, 1], [3, 4], ["varied", "frozen"], saliency_level=3)
+    assert len(runs) == 2 * (2 + 4)
+    assert {r.key for r in runs if r.saliency} == {"t0-TE", "t0-ESR-L3-varied"}
+    with pytest.raises(ValueError, match="strategies"):
+        study.plan([0], [3], ["sometimes"])
+    with pytest.raises(ValueError, match="levels"):
+        study.plan([0], [6], ["varied"])
+
+
+def test_study_trains_stores_and_resumes(data: FaceDataset, tmp_path, monkeypatch) -> None:
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    runs = study.plan([0], [3], ["varied"], saliency_level=3)
+    config = study.Config(epochs=2, lr=0.05, width=0.25, n_train_folds=2, augment="flip",
+                          lr_step=None, device="cpu")
+    res = study.run_study(data, folds, runs, config, tmp_path, saliency_images=np.array([1, 2]),
+                          milestones=(1, 2), progress=False)
+    table = res.table.set_index("key")
+    assert list(table.index) == ["t0-single", "t0-TE", "t0-ESR-L3-varied"]
+    assert table["accuracy"].between(0, 1).all()
+    assert table.loc["t0-ESR-L3-varied", "stages"] == 2
+    assert len(table.loc["t0-TE", "member_accuracy"]) == 2
+    assert res.logits["t0-TE"].shape == (len(res.labels["t0-TE"]), 2, 3)
+    assert table.loc["t0-single", "params"] < table.loc["t0-ESR-L3-varied", "params"] < \
+        table.loc["t0-TE", "params"]
+    maps = res.saliency["t0-ESR-L3-varied"]
+    assert set(maps) == {f"stage{s}_epoch{e}" for s in (1, 2) for e in (1, 2)}
+    assert maps["stage2_epoch2"].shape == (2, 48, 48)
+    assert set(res.saliency["t0-TE"]) == set(maps)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(study, "_train", refuse)
+    again = study.run_study(data, folds, runs, config, tmp_path, progress=False)
+    assert again.table["accuracy"].tolist() == res.table["accuracy"].tolist()
+
+
+def test_bad_trials_fail_before_training(data: FaceDataset, tmp_path) -> None:
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    config = study.Config(epochs=1, n_train_folds=2)
+    with pytest.raises(ValueError, match="trials"):
+        study.run_study(data, folds, study.plan([7], [3], ["varied"]), config, tmp_path)
+    with pytest.raises(ValueError, match="n_train_folds"):
+        study.run_study(data, folds, study.plan([0], [3], ["varied"]),
+                        study.Config(epochs=1, n_train_folds=3), tmp_path)
