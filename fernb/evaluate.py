@@ -21,7 +21,9 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, recall_score,
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from fernb.complexity import eval_mode
 from fernb.ensemble import RULES, DecisionRule, as_logits, get_rule, to_numpy
+from fernb.train import resolve_device
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -38,32 +40,30 @@ def _batches(data: Dataset | DataLoader | torch.Tensor, batch_size: int) -> Iter
 
 
 def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
-            device: str | torch.device = "cpu",
+            device: str | torch.device = "auto",
             batch_size: int = 256) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Model outputs for every sample, in order, as (N, M, C) logits on the CPU.
 
-    Runs under ``torch.no_grad()`` in eval mode and restores the model's training mode
-    afterwards. The model is moved to ``device``. Batches that are ``(image, target)`` pairs
+    Runs under ``torch.no_grad()`` in eval mode and restores every sub-module's own mode
+    afterwards (frozen BatchNorm stays in eval). The model is moved to ``device`` (``"auto"``:
+    CUDA when available). Batches that are ``(image, target)`` pairs
     use the images only. A (B, C) output (a plain classifier) becomes (B, 1, C); a model
     returning a tuple of tensors gets a tuple of concatenated outputs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches = _batches(data, batch_size)
-    was_training = model.training
-    model.to(device).eval()
+    device = resolve_device(device)
+    model.to(device)
     outputs = []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                out = model(x.to(device))
-                if isinstance(out, (tuple, list)):
-                    outputs.append(tuple(o.cpu() for o in out))
-                else:
-                    outputs.append(out.unsqueeze(1).cpu() if out.ndim == 2 else out.cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            out = model(x.to(device))
+            if isinstance(out, (tuple, list)):
+                outputs.append(tuple(o.cpu() for o in out))
+            else:
+                outputs.append(out.unsqueeze(1).cpu() if out.ndim == 2 else out.cpu())
     if not outputs:
         raise ValueError("data is empty: nothing to predict")
     if isinstance(outputs[0], tuple):
@@ -228,3 +228,14 @@ def rmse(pred: ArrayLike, target: ArrayLike,
                          f"target; got {p.shape} vs {t.shape}")
     errors = root_mean_squared_error(t, p, multioutput="raw_values")
     return {d: float(e) for d, e in zip(dims, errors)}
+
+
+def top_confusions(outputs: ArrayLike, labels: ArrayLike, classes: Sequence[str], k: int = 4,
+                   rule: str | DecisionRule | None = None) -> pd.Series:
+    """The ``k`` largest off-diagonal shares of the row-normalised confusion matrix, indexed
+    by (true, predicted)."""
+    cm = normalized_confusion(outputs, labels, classes, rule=rule)
+    pairs = cm.stack()
+    pairs = pairs[[t != p for t, p in pairs.index]]
+    pairs.index.names = ["true", "predicted"]
+    return pairs.sort_values(ascending=False, kind="stable").head(k).rename("share of true class")

@@ -168,3 +168,12 @@ def test_rmse_per_dimension_and_member_mean():
     assert V.rmse(members, target) == pytest.approx(r)
     with pytest.raises(ValueError, match="match"):
         V.rmse(pred[:, :1], target)
+
+
+def test_top_confusions_lists_the_largest_off_diagonal_shares():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 1, 1, 2, 1, 1, 0, 2])
+    logits = np.eye(3)[preds][:, None, :]
+    top = V.top_confusions(logits, labels, ("a", "b", "c"), k=2)
+    assert list(top.index) == [("a", "b"), ("c", "a")]
+    assert top.tolist() == [0.5, 0.5]

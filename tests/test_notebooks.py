@@ -40,3 +40,15 @@ def test_notebook_runs_with_smoke_profile(name: str, tmp_path: Path) -> None:
     assert metrics["environment"]["device"]
     assert list((result.results_dir / "figures").glob("*.png")), "no figure written"
     assert list((result.results_dir / "tables").glob("*.csv")), "no table written"
+
+
+def test_papermill_reads_every_assignment_of_the_parameters_cell() -> None:
+    """papermill silently skips a line it cannot parse (e.g. '=' inside a comment)."""
+    import ast
+    for name in NOTEBOOKS:
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {t.id for node in ast.parse(cell.source).body
+                    if isinstance(node, ast.Assign) for t in node.targets}
+        assert assigned == set(runner.notebook_parameters(path)), name
