@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fernb.device import resolve_device
+
 BYTES_PER_MB = 2**20
 BYTES_PER_VALUE = 4  # float32, as the papers assume
 
@@ -169,11 +171,11 @@ def throughput(model: nn.Module, input_shape: Sequence[int], *, batch_size: int,
         steps: timed steps.
         train: time forward + cross-entropy backward + SGD step in train mode instead of an
             inference forward pass in eval mode under ``torch.no_grad``.
-        device: where to run, e.g. "cpu" or "cuda".
+        device: where to run: "auto" (CUDA when available), "cpu" or "cuda".
     """
     if batch_size < 1 or steps < 1:
         raise ValueError(f"batch_size and steps must be >= 1; got {batch_size} and {steps}")
-    device = torch.device(device)
+    device = resolve_device(device)
     model = copy.deepcopy(model).to(device).train(train)
     params = [p for p in model.parameters() if p.requires_grad]
     if train and not params:

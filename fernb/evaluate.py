@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fernb.complexity import eval_mode
+from fernb.device import resolve_device
 from fernb.ensemble import RULES, DecisionRule, as_logits, get_rule, to_numpy
-from fernb.train import resolve_device
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 
@@ -40,18 +40,22 @@ def _batches(data: Dataset | DataLoader | torch.Tensor, batch_size: int) -> Iter
 
 
 def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
-            device: str | torch.device = "auto",
-            batch_size: int = 256) -> torch.Tensor | tuple[torch.Tensor, ...]:
+            device: str | torch.device = "auto", batch_size: int = 256,
+            output: str = "forward") -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Model outputs for every sample, in order, as (N, M, C) logits on the CPU.
 
     Runs under ``torch.no_grad()`` in eval mode and restores every sub-module's own mode
     afterwards (frozen BatchNorm stays in eval). The model is moved to ``device`` (``"auto"``:
     CUDA when available). Batches that are ``(image, target)`` pairs
     use the images only. A (B, C) output (a plain classifier) becomes (B, 1, C); a model
-    returning a tuple of tensors gets a tuple of concatenated outputs.
+    returning a tuple of tensors gets a tuple of concatenated outputs. ``output`` names the
+    model method to call, e.g. ``"forward_affect"`` for ESR-9's valence/arousal (B, M, 2).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not callable(getattr(model, output, None)):
+        raise ValueError(f"the model has no method {output!r}")
+    method = getattr(model, output)
     batches = _batches(data, batch_size)
     device = resolve_device(device)
     model.to(device)
@@ -59,7 +63,7 @@ def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
     with eval_mode(model), torch.no_grad():
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            out = model(x.to(device))
+            out = method(x.to(device))
             if isinstance(out, (tuple, list)):
                 outputs.append(tuple(o.cpu() for o in out))
             else:

@@ -198,3 +198,12 @@ def valence_arousal_scatter(points: pd.DataFrame,
     ax.axvline(0, c="gray", lw=0.5)
     ax.legend(fontsize=7, markerscale=2, loc="lower left")
     return fig
+
+
+def facet_lines(df: pd.DataFrame, x: str, y: str, hue: str, col: str) -> Figure:
+    """One panel per ``col`` value with a line per ``hue`` value (e.g. ESR Fig. 5, left:
+    validation accuracy per epoch of each added branch, ESR vs TE)."""
+    _columns(df, x, y, hue, col)
+    grid = sns.relplot(df, x=x, y=y, hue=hue, col=col, kind="line", height=2.8, aspect=1.0,
+                       facet_kws={"sharey": True})
+    return grid.figure

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from fernb.data.datasets import FaceDataset
+from fernb.device import resolve_device
 from fernb.io import atomic_torch_save
 from fernb.ensemble import plurality_vote
 from fernb.losses import member_cross_entropy, member_rmse
@@ -36,13 +37,6 @@ from fernb.models.esr import ESR
 
 Data = FaceDataset | Dataset | DataLoader
 STRATEGIES = ("fixed", "varied", "frozen", "interleaved")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def freeze(module: nn.Module) -> nn.Module:

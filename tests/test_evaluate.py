@@ -177,3 +177,16 @@ def test_top_confusions_lists_the_largest_off_diagonal_shares():
     top = V.top_confusions(logits, labels, ("a", "b", "c"), k=2)
     assert list(top.index) == [("a", "b"), ("c", "a")]
     assert top.tolist() == [0.5, 0.5]
+
+
+def test_predict_calls_the_named_output():
+    class Two(nn.Module):
+        def forward(self, x):
+            return x.new_zeros(len(x), 2, 3)
+
+        def forward_affect(self, x):
+            return x.new_ones(len(x), 2, 2)
+    x = torch.rand(5, 1, 4, 4)
+    assert V.predict(Two(), x, device="cpu", output="forward_affect").shape == (5, 2, 2)
+    with pytest.raises(ValueError, match="no method"):
+        V.predict(Two(), x, device="cpu", output="nope")

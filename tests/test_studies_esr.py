@@ -22,18 +22,20 @@ def data() -> FaceDataset:
 
 
 def test_plan_covers_models_levels_and_strategies() -> None:
-    runs = study.plan([0, 1], [3, 4], ["varied", "frozen"], saliency_level=3)
+    runs = study.plan([0, 1], {"varied": [3, 4], "frozen": [3, 4]}, saliency=("varied", 3))
     assert len(runs) == 2 * (2 + 4)
     assert {r.key for r in runs if r.saliency} == {"t0-TE", "t0-ESR-L3-varied"}
     with pytest.raises(ValueError, match="strategies"):
-        study.plan([0], [3], ["sometimes"])
+        study.plan([0], {"sometimes": [3]})
     with pytest.raises(ValueError, match="levels"):
-        study.plan([0], [6], ["varied"])
+        study.plan([0], {"varied": [6]})
+    with pytest.raises(ValueError, match="saliency"):
+        study.plan([0], {"varied": [3]}, saliency=("frozen", 3))
 
 
 def test_study_trains_stores_and_resumes(data: FaceDataset, tmp_path, monkeypatch) -> None:
     folds = esr_subject_folds(data.subjects, n_folds=4)
-    runs = study.plan([0], [3], ["varied"], saliency_level=3)
+    runs = study.plan([0], {"varied": [3]}, saliency=("varied", 3))
     config = study.Config(epochs=2, lr=0.05, width=0.25, n_train_folds=2, augment="flip",
                           lr_step=None, device="cpu")
     res = study.run_study(data, folds, runs, config, tmp_path, saliency_images=np.array([1, 2]),
@@ -43,6 +45,7 @@ def test_study_trains_stores_and_resumes(data: FaceDataset, tmp_path, monkeypatc
     assert table["accuracy"].between(0, 1).all()
     assert table.loc["t0-ESR-L3-varied", "stages"] == 2
     assert len(table.loc["t0-TE", "member_accuracy"]) == 2
+    assert [list(h["epoch"]) for h in res.histories["t0-ESR-L3-varied"]] == [[1, 2], [1, 2]]
     assert res.logits["t0-TE"].shape == (len(res.labels["t0-TE"]), 2, 3)
     assert table.loc["t0-single", "params"] < table.loc["t0-ESR-L3-varied", "params"] < \
         table.loc["t0-TE", "params"]
@@ -62,7 +65,7 @@ def test_bad_trials_fail_before_training(data: FaceDataset, tmp_path) -> None:
     folds = esr_subject_folds(data.subjects, n_folds=4)
     config = study.Config(epochs=1, n_train_folds=2)
     with pytest.raises(ValueError, match="trials"):
-        study.run_study(data, folds, study.plan([7], [3], ["varied"]), config, tmp_path)
+        study.run_study(data, folds, study.plan([7], {"varied": [3]}), config, tmp_path)
     with pytest.raises(ValueError, match="n_train_folds"):
-        study.run_study(data, folds, study.plan([0], [3], ["varied"]),
+        study.run_study(data, folds, study.plan([0], {"varied": [3]}),
                         study.Config(epochs=1, n_train_folds=3), tmp_path)

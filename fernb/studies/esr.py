@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -76,22 +76,26 @@ class Config:
     seed: int = 0
 
 
-def plan(trials: Sequence[int], levels: Sequence[int], strategies: Sequence[str], *,
-         saliency_level: int | None = None) -> list[Run]:
+def plan(trials: Sequence[int], grid: Mapping[str, Sequence[int]], *,
+         saliency: tuple[str, int] | None = None) -> list[Run]:
     """Runs of the study: per trial the single network, the traditional ensemble and ESR-4
-    at every level with every strategy. With ``saliency_level``, the first trial's TE and
-    its ESR at that level (first strategy) also record milestone saliency maps."""
-    bad = [s for s in strategies if s not in STRATEGIES]
+    for every ``strategy: [levels]`` entry of ``grid`` (e.g. ``{"varied": [1, 2, 3, 4, 5],
+    "frozen": [3]}``). With ``saliency=(strategy, level)``, the first trial's TE and that ESR
+    also record milestone saliency maps."""
+    bad = [s for s in grid if s not in STRATEGIES]
     if bad:
         raise ValueError(f"unknown strategies {bad}; choose from {STRATEGIES}")
+    levels = [lv for lvs in grid.values() for lv in lvs]
     if any(not 1 <= lv <= 5 for lv in levels):
-        raise ValueError(f"levels must lie in 1..5 (shared convolutions), got {list(levels)}")
+        raise ValueError(f"levels must lie in 1..5 (shared convolutions), got {levels}")
+    if saliency is not None and saliency[1] not in grid.get(saliency[0], ()):
+        raise ValueError(f"saliency run {saliency} is not in the grid {dict(grid)}")
     runs = []
     for i, t in enumerate(trials):
-        first = i == 0 and saliency_level is not None
+        first = i == 0 and saliency is not None
         runs += [Run(t, "single"), Run(t, "TE", saliency=first)]
-        runs += [Run(t, "ESR", lv, s, saliency=first and lv == saliency_level and s == strategies[0])
-                 for lv in levels for s in strategies]
+        runs += [Run(t, "ESR", lv, s, saliency=first and (s, lv) == tuple(saliency))
+                 for s, lvs in grid.items() for lv in lvs]
     return runs
 
 
@@ -216,7 +220,7 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
             test_logits = predict(model, data.subset(split.test), device=config.device).numpy()
             test_labels = data.labels[split.test]
             for i, h in enumerate(hist, start=1):
-                h.to_frame().to_csv(out / f"history_{i}.csv", index=False)
+                h.to_frame().to_csv(out / f"history_{i}.csv")
             _save_npz(out / "test.npz", logits=test_logits, labels=test_labels)
             members = (test_logits.argmax(-1) == test_labels[:, None]).mean(0)
             result = {**asdict(run), "key": run.key, "label": run.label,
