@@ -155,6 +155,22 @@ def parameters_table(name: str, root: Path | None = None) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _check_data(params: dict[str, Any]) -> None:
+    """A real dataset is checked before the kernel starts, so a wrong path fails in seconds."""
+    from fernb.data.check import LAYOUTS, check_dataset
+    name = params.get("dataset")
+    if name not in LAYOUTS:
+        return
+    root = params.get("data_root")
+    if not root:
+        raise ParameterError(f"dataset {name!r} needs its folder: add -p data_root /path/to/it")
+    report = check_dataset(name, root)
+    if not report.ok:
+        raise ParameterError(f"the {name} folder {root} does not match the expected layout "
+                             f"(see the book page 'Running on the real datasets'):\n"
+                             f"{report.format()}")
+
+
 def _digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -220,6 +236,7 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
     if reserved:
         raise ParameterError(f"{reserved} is set by the runner; use --output-dir instead")
     params = validate_parameters(path, given)
+    _check_data(params)
     results_dir = Path(output_dir or root / "results" / profile / stem).resolve()
     _prepare_results_dir(results_dir, params)
     generated = Path(notebook_dir or root / "book" / "_generated") / f"{stem}.ipynb"

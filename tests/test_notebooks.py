@@ -52,3 +52,25 @@ def test_papermill_reads_every_assignment_of_the_parameters_cell() -> None:
         assigned = {t.id for node in ast.parse(cell.source).body
                     if isinstance(node, ast.Assign) for t in node.targets}
         assert assigned == set(runner.notebook_parameters(path)), name
+
+
+@pytest.mark.notebook
+def test_esr_chapter_runs_on_a_ckplus_fixture(tmp_path: Path) -> None:
+    """A reader pointing the chapter at CK+ (here a fixture in the official layout)."""
+    from fixtures import write_ckplus
+    root = write_ckplus(tmp_path / "CK+", n_subjects=8, n_sequences=4, n_frames=5)
+    result = runner.run_notebook("01_esr", profile="smoke", root=ROOT,
+                                 overrides={"dataset": "ckplus", "data_root": str(root)},
+                                 output_dir=tmp_path / "res", notebook_dir=tmp_path / "nb",
+                                 progress=False, timeout=600)
+    runs = (result.results_dir / "tables" / "runs.csv").read_text()
+    assert "Traditional ensemble" in runs and result.parameters["dataset"] == "ckplus"
+
+
+def test_a_wrong_data_root_fails_before_the_kernel_starts(tmp_path: Path) -> None:
+    with pytest.raises(runner.ParameterError, match="ckplus") as err:
+        runner.run_notebook("01_esr", profile="smoke", root=ROOT,
+                            overrides={"dataset": "ckplus", "data_root": str(tmp_path)},
+                            output_dir=tmp_path / "res", notebook_dir=tmp_path / "nb")
+    assert "cohn-kanade-images" in str(err.value)
+    assert not (tmp_path / "nb").exists()
