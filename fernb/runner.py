@@ -155,20 +155,25 @@ def parameters_table(name: str, root: Path | None = None) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+DATA_PARAMETERS = (("dataset", "data_root"), ("wild_dataset", "wild_root"))
+
+
 def _check_data(params: dict[str, Any]) -> None:
-    """A real dataset is checked before the kernel starts, so a wrong path fails in seconds."""
+    """Real datasets are checked before the kernel starts, so a wrong path fails in seconds."""
     from fernb.data.check import LAYOUTS, check_dataset
-    name = params.get("dataset")
-    if name not in LAYOUTS:
-        return
-    root = params.get("data_root")
-    if not root:
-        raise ParameterError(f"dataset {name!r} needs its folder: add -p data_root /path/to/it")
-    report = check_dataset(name, root)
-    if not report.ok:
-        raise ParameterError(f"the {name} folder {root} does not match the expected layout "
-                             f"(see the book page 'Running on the real datasets'):\n"
-                             f"{report.format()}")
+    for name_key, root_key in DATA_PARAMETERS:
+        name = params.get(name_key)
+        if name not in LAYOUTS:
+            continue
+        root = params.get(root_key)
+        if not root:
+            raise ParameterError(f"{name_key} {name!r} needs its folder: add -p {root_key} "
+                                 f"/path/to/it")
+        report = check_dataset(name, root)
+        if not report.ok:
+            raise ParameterError(f"the {name} folder {root} does not match the expected "
+                                 f"layout (see the book page 'Running on the real "
+                                 f"datasets'):\n{report.format()}")
 
 
 def _digest(params: dict[str, Any]) -> str:
@@ -178,7 +183,8 @@ def _digest(params: dict[str, Any]) -> str:
 def _prepare_results_dir(results_dir: Path, params: dict[str, Any]) -> None:
     """Never silently overwrite a run made with other parameters: move it aside, versioned."""
     stored = read_json(results_dir / "run.json")
-    if stored is not None and stored.get("parameters") != json.loads(json.dumps(params, default=str)):
+    if stored is not None and stored.get("parameters") != json.loads(json.dumps(params,
+                                                                            default=str)):
         old = results_dir.with_name(f"{results_dir.name}@{stored.get('digest', 'previous')}")
         if old.exists():
             shutil.rmtree(old)
@@ -186,6 +192,8 @@ def _prepare_results_dir(results_dir: Path, params: dict[str, Any]) -> None:
         print(f"[fernb] parameters changed: the previous run of {results_dir.name} was kept "
               f"at {old}", file=sys.stderr)
     results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results_dir / "run.json", {"parameters": params, "digest": _digest(params),
+                                                 "status": "running"})
 
 
 def _failure_message(nb: nbformat.NotebookNode, name: str) -> str:
@@ -256,6 +264,10 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
         failed = results_dir / "failed.ipynb"
         scratch.replace(failed)
         raise NotebookError(_failure_message(nb, stem) + f"\n(executed copy: {failed})") from None
+    except Exception as err:  # a cell timeout or a dead kernel
+        if scratch.exists():
+            scratch.replace(results_dir / "failed.ipynb")
+        raise NotebookError(f"notebook {stem} failed: {type(err).__name__}: {err}") from err
     finally:
         if env_backup is not None:
             os.environ["MPLBACKEND"] = env_backup
@@ -267,7 +279,8 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
     (results_dir / "failed.ipynb").unlink(missing_ok=True)
     atomic_write_json(results_dir / "run.json", {
         "notebook": stem, "profile": profile, "parameters": params, "digest": _digest(params),
-        "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        "status": "finished", "seconds": round(seconds, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return RunResult(stem, generated, results_dir, params, seconds)
 
 

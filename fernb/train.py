@@ -395,7 +395,10 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
     - ``"frozen"``: shared layers and trained branches are frozen (lr_sl = lr_tb = 0),
       BatchNorm statistics included; the base trains with the first branch only.
     - ``"interleaved"``: all branches exist from the start and are trained on the union of
-      the subsets, each mini-batch updating one branch in turn (Siqueira et al. 2018).
+      the subsets, each mini-batch updating one branch in turn (Siqueira et al. 2018), for
+      ``epochs * len(subsets)`` epochs so that it gets the training budget of the sequential
+      strategies. Its ``train_loss`` is the updated branch's loss (``val_loss`` is eq. (1)),
+      and a resumed run restarts the branch rotation.
 
     Args:
         model: an ESR with exactly one branch (``"interleaved"``: any number; branches are
@@ -420,7 +423,8 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
         while len(model.branches) < len(subsets):
             model.add_branch(init)
         union = np.unique(np.concatenate([np.asarray(s) for s in subsets]))
-        history = fit(model, _subset(train_data, union), val_data, epochs=epochs, lr=lr,
+        history = fit(model, _subset(train_data, union), val_data, epochs=epochs * len(subsets),
+                      lr=lr,
                       loss_fn=_Interleaved(), checkpoint_dir=_stage_dir(checkpoint_dir, "all"),
                       **fit_kwargs)
         return model, [history]
@@ -455,8 +459,7 @@ class _AffectView(nn.Module):
         self.esr, self.n = esr, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.esr.forward_features(x)
-        return torch.stack([b.forward_affect(features) for b in self.esr.branches[:self.n]], 1)
+        return self.esr.forward_affect(x, self.n)
 
 
 def finetune_affect(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[np.ndarray],
@@ -466,7 +469,7 @@ def finetune_affect(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequ
     """Fine-tune only ESR-9's valence/arousal heads, branch by branch (paper, "Continuous
     affect perception"; Table 4).
 
-    Everything else is frozen. Stage ``b`` trains head ``b`` at ``lr`` and heads ``1..b-1``
+    Everything else is frozen, and stays frozen afterwards. Stage ``b`` trains head ``b`` at ``lr`` and heads ``1..b-1``
     at ``lr_trained`` on ``subsets[b-1]`` (e.g. up to 5000 samples per valence/arousal
     quadrant, see :func:`quadrants`), minimising the summed RMSE of the first ``b`` branches.
     Targets are (B, 2) valence and arousal, e.g. a FaceDataset with

@@ -69,3 +69,30 @@ def test_bad_trials_fail_before_training(data: FaceDataset, tmp_path) -> None:
     with pytest.raises(ValueError, match="n_train_folds"):
         study.run_study(data, folds, study.plan([0], {"varied": [3]}),
                         study.Config(epochs=1, n_train_folds=3), tmp_path)
+
+
+def test_first_branch_equals_first_te_network(data: FaceDataset, tmp_path) -> None:
+    """One seed per trial: an ESR with one branch is the TE's first network (paper Fig. 5)."""
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    config = study.Config(epochs=2, lr=0.05, width=0.25, n_train_folds=2, augment="flip",
+                          lr_step=None, device="cpu")
+    res = study.run_study(data, folds, study.plan([0], {"varied": [3]}), config, tmp_path,
+                          progress=False)
+    esr_first = res.histories["t0-ESR-L3-varied"][0]["val_acc_1"]
+    te_first = res.histories["t0-TE"][0]["val_acc_1"]
+    assert esr_first.tolist() == te_first.tolist()
+
+
+def test_changed_settings_and_bad_milestones_are_refused(data: FaceDataset, tmp_path) -> None:
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    runs = study.plan([0], {"varied": [5]})
+    config = study.Config(epochs=1, width=0.25, n_train_folds=2, augment="none", device="cpu")
+    study.run_study(data, folds, runs[:1], config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        study.run_study(data, folds, runs[:1], study.Config(epochs=2, width=0.25,
+                        n_train_folds=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="milestones"):
+        study.run_study(data, folds, runs, config, tmp_path / "other", milestones=(1, 5),
+                        saliency_images=np.array([0]))
+    with pytest.raises(ValueError, match="interleaved"):
+        study.plan([0], {"interleaved": [3]}, saliency=("interleaved", 3))

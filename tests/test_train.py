@@ -244,12 +244,24 @@ def test_interleaved_step_touches_only_one_branch():
     before.add_branch()
     model.add_branch()
     model.load_state_dict(before.state_dict())
-    train_esr(model, data, [np.arange(16), np.arange(16)], strategy="interleaved", epochs=1,
-              lr=0.05, momentum=0.0, **{**FAST, "batch_size": 16})  # exactly one mini-batch
-    changed = [not same(state(before.branches[i]), state(model.branches[i])) for i in range(2)]
-    # Branch 2's BatchNorm statistics move in train mode, its weights must not.
-    assert changed[0]
-    assert torch.equal(before.branches[1].fc.weight, model.branches[1].fc.weight)
+    after_first = {}
+
+    def snapshot(epoch, m):
+        if epoch == 1:
+            after_first.update({k: v.clone() for k, v in m.state_dict().items()})
+    _, (history,) = train_esr(model, data, [np.arange(16), np.arange(16)],
+                              strategy="interleaved", epochs=1, lr=0.05, momentum=0.0,
+                              on_epoch_end=snapshot, **{**FAST, "batch_size": 16})
+    # One mini-batch per epoch; two subsets give the budget of two sequential stages.
+    assert len(history) == 2
+    first = small_esr(n_branches=1)
+    first.add_branch()
+    first.load_state_dict(after_first)
+    # After the first mini-batch only branch 1's weights moved (branch 2's BatchNorm
+    # statistics move in train mode, its weights must not); the second updates branch 2.
+    assert not same(state(before.branches[0]), state(first.branches[0]))
+    assert torch.equal(before.branches[1].fc.weight, first.branches[1].fc.weight)
+    assert not torch.equal(first.branches[1].fc.weight, model.branches[1].fc.weight)
 
 
 def test_train_esr_arguments():

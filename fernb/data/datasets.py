@@ -100,15 +100,19 @@ class FaceDataset(Dataset):
     def n_classes(self) -> int:
         return len(self.classes)
 
+    def _convert(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W[, 3]) -> float (N, C, H, W) in [0, 1] with ``channels`` channels."""
+        imgs = torch.from_numpy(images).float().div_(255.0)
+        imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)
+        if self.channels == 3 and imgs.shape[1] == 1:
+            imgs = imgs.expand(-1, 3, -1, -1).contiguous()
+        elif self.channels == 1 and imgs.shape[1] == 3:
+            imgs = (imgs * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
+        return imgs
+
     def image_tensor(self, index: int) -> torch.Tensor:
         """The raw image at ``index`` as a float (C, H, W) tensor in [0, 1], no transform."""
-        img = torch.from_numpy(self.images[index]).float().div_(255.0)
-        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
-        if self.channels == 3 and img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        elif self.channels == 1 and img.shape[0] == 3:
-            img = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
-        return img
+        return self._convert(self.images[[index]])[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = self.image_tensor(index)
@@ -122,13 +126,7 @@ class FaceDataset(Dataset):
     def tensors(self, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All (or the indexed) images as one (N, C, H, W) float tensor and their labels."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)
-        imgs = torch.from_numpy(self.images[idx]).float().div_(255.0)
-        imgs = imgs.unsqueeze(1) if imgs.ndim == 3 else imgs.permute(0, 3, 1, 2)
-        if self.channels == 3 and imgs.shape[1] == 1:
-            imgs = imgs.expand(-1, 3, -1, -1).contiguous()
-        elif self.channels == 1 and imgs.shape[1] == 3:
-            imgs = (imgs * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
-        return imgs, torch.from_numpy(self.labels[idx])
+        return self._convert(self.images[idx]), torch.from_numpy(self.labels[idx])
 
     def subset(self, indices: np.ndarray) -> FaceDataset:
         """A new dataset holding only ``indices`` (all arrays and metadata sliced alike)."""

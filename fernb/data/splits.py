@@ -83,15 +83,18 @@ def leave_one_fold_out(split: Split, folds: np.ndarray) -> list[np.ndarray]:
 
 def holdout(labels: np.ndarray, subjects: np.ndarray, *, val_fraction: float = 0.15,
             test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """One subject-independent, stratified train/val/test split built from group k-folds."""
+    """One subject-independent, stratified train/val/test split: the subjects are dealt into
+    up to 20 stratified group folds, and whole folds go to test and validation."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum below 1")
     labels, subjects = np.asarray(labels), np.asarray(subjects)
-    n_folds = max(3, round(1 / min(val_fraction, test_fraction)))
-    n_folds = min(n_folds, len(np.unique(subjects)))
-    folds = subject_folds(labels, subjects, n_folds, seed=seed)
+    n_folds = min(len(np.unique(subjects)), 20)
     n_test = max(1, round(test_fraction * n_folds))
     n_val = max(1, round(val_fraction * n_folds))
+    if n_test + n_val >= n_folds:
+        raise ValueError(f"{n_folds} subjects are too few for val_fraction={val_fraction} and "
+                         f"test_fraction={test_fraction}: no training subject would be left")
+    folds = subject_folds(labels, subjects, n_folds, seed=seed)
     test_f, val_f = np.arange(n_test), np.arange(n_test, n_test + n_val)
     return Split(train=np.flatnonzero(folds >= n_test + n_val),
                  val=np.flatnonzero(np.isin(folds, val_f)),

@@ -25,6 +25,7 @@ import copy
 import torch
 from torch import nn
 
+from fernb.complexity import eval_mode
 from fernb.ensemble import plurality_vote
 
 # One convolution per row: (out_channels, kernel, padding, max-pool after it).
@@ -165,30 +166,24 @@ class ESR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (B, M, C)
 
-    def forward_affect(self, x: torch.Tensor) -> torch.Tensor:
-        """Valence and arousal per branch: (B, M, 2) (ESR-9 only)."""
+    def forward_affect(self, x: torch.Tensor, n_branches: int | None = None) -> torch.Tensor:
+        """Valence and arousal per branch: (B, M, 2) (ESR-9 only); ``n_branches`` limits it
+        to the first branches (affect fine-tuning trains them one at a time)."""
         features = self.forward_features(x)
-        return torch.stack([branch.forward_affect(features) for branch in self.branches], 1)
+        branches = self.branches[:n_branches]
+        return torch.stack([branch.forward_affect(features) for branch in branches], 1)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Ensemble emotion (B,): plurality vote of the branches, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return plurality_vote(self(x))
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def predict_affect(self, x: torch.Tensor) -> torch.Tensor:
         """Ensemble valence and arousal (B, 2): mean over the branches, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.forward_affect(x).mean(1)
-        finally:
-            self.train(was_training)
 
 
 def single_network(*, n_classes: int = 8, width: float = 1.0, in_chans: int = 1) -> ESR:

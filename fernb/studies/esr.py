@@ -10,7 +10,6 @@ the newest branch at training milestones (Fig. 5, right).
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -30,12 +29,9 @@ from fernb.data.transforms import BatchAugmentation
 from fernb.ensemble import plurality_vote
 from fernb.evaluate import predict
 from fernb.explain import gradcam
-from fernb.io import atomic_write_bytes, atomic_write_json, read_json
+from fernb.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.train import STRATEGIES, History, fit, train_bagging, train_esr
-
-MODELS = ("single", "TE", "ESR")
-
 
 @dataclass(frozen=True)
 class Run:
@@ -90,6 +86,9 @@ def plan(trials: Sequence[int], grid: Mapping[str, Sequence[int]], *,
         raise ValueError(f"levels must lie in 1..5 (shared convolutions), got {levels}")
     if saliency is not None and saliency[1] not in grid.get(saliency[0], ()):
         raise ValueError(f"saliency run {saliency} is not in the grid {dict(grid)}")
+    if saliency is not None and saliency[0] == "interleaved":
+        raise ValueError("saliency milestones need branches added one at a time; choose a "
+                         "strategy other than 'interleaved'")
     runs = []
     for i, t in enumerate(trials):
         first = i == 0 and saliency is not None
@@ -143,6 +142,9 @@ class _Milestones:
 
 def _train(run: Run, data: FaceDataset, folds: np.ndarray, config: Config, out: Path,
            hook: _Milestones | None) -> tuple[nn.Module, list[History]]:
+    # One seed per trial: every model of a trial starts from the same first network, so an
+    # ESR with one branch is exactly the single network (paper Fig. 5), resumed or not.
+    torch.manual_seed(config.seed * 1000 + run.trial)
     split = esr_trials(folds, config.n_train_folds)[run.trial]
     bags = leave_one_fold_out(split, folds)
     val = data.subset(split.val)
@@ -202,7 +204,13 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
     if config.n_train_folds > k - 2:
         raise ValueError(f"n_train_folds={config.n_train_folds} needs at least "
                          f"{config.n_train_folds + 2} folds; got {k}")
+    if milestones and not all(1 <= e <= config.epochs for e in milestones):
+        raise ValueError(f"milestones {list(milestones)} must lie in 1..epochs ({config.epochs})")
     out_dir = Path(out_dir)
+    stored = read_json(out_dir / "config.json")
+    if stored is not None and stored != asdict(config):
+        raise ValueError(f"{out_dir} holds a study made with other settings ({stored}); use "
+                         f"another folder or delete it")
     atomic_write_json(out_dir / "config.json", asdict(config))
     rows, logits, labels, histories, saliency = [], {}, {}, {}, {}
     for run in tqdm(runs, desc="runs", disable=not progress):
@@ -220,18 +228,19 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
             test_logits = predict(model, data.subset(split.test), device=config.device).numpy()
             test_labels = data.labels[split.test]
             for i, h in enumerate(hist, start=1):
-                h.to_frame().to_csv(out / f"history_{i}.csv")
+                atomic_write_text(out / f"history_{i}.csv", h.to_frame().to_csv())
             _save_npz(out / "test.npz", logits=test_logits, labels=test_labels)
             members = (test_logits.argmax(-1) == test_labels[:, None]).mean(0)
             result = {**asdict(run), "key": run.key, "label": run.label,
                       "accuracy": float((plurality_vote(torch.from_numpy(test_logits)).numpy()
                                          == test_labels).mean()),
-                      "member_accuracy": members.tolist(), "params": count_parameters(model),
+                      "member_accuracy": members.tolist(), "params": count_parameters(model, trainable_only=False),
                       "train_seconds": round(seconds, 1), "stages": len(hist)}
             atomic_write_json(out / "result.json", result)
         stored = np.load(out / "test.npz")
         logits[run.key], labels[run.key] = stored["logits"], stored["labels"]
-        histories[run.key] = [pd.read_csv(p) for p in sorted(out.glob("history_*.csv"))]
+        histories[run.key] = [pd.read_csv(out / f"history_{i}.csv")
+                              for i in range(1, result["stages"] + 1)]
         if (out / "saliency.npz").exists():
             saliency[run.key] = dict(np.load(out / "saliency.npz"))
         rows.append(result)
