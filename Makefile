@@ -32,6 +32,7 @@ book-student: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_synthetic.py
+	$(BIN)/python benchmarks/bench_esr.py
 
 clean:
 	rm -rf _build book/_generated results .pytest_cache

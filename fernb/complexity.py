@@ -235,3 +235,32 @@ def _dummy_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def measured_cost(models: Mapping[str, nn.Module], input_shape: Sequence[int], *,
+                  reference: str | None = None, batch_size: int = 64, steps: int = 4,
+                  device: str | torch.device = "auto") -> pd.DataFrame:
+    """Time per image of a training step and of inference, as ratios to ``reference``,
+    measured in one process next to the FLOPs and parameter ratios (ESR's claim that shared
+    layers cut computational load, checked in seconds rather than in counts).
+
+    Returns:
+        DataFrame indexed by name: ``train_time_ratio``, ``inference_time_ratio``,
+        ``flops_ratio``, ``params_ratio`` and the absolute ``train_img_per_s`` and
+        ``inference_img_per_s``.
+    """
+    counts = complexity_table(models, input_shape, reference=reference)
+    reference = counts.index[0] if reference is None else reference
+    table = pd.DataFrame({
+        "train_img_per_s": {n: throughput(m, input_shape, batch_size=batch_size, steps=steps,
+                                          train=True, device=device) for n, m in models.items()},
+        "inference_img_per_s": {n: throughput(m, input_shape, batch_size=2 * batch_size,
+                                              steps=steps, device=device)
+                                for n, m in models.items()}})
+    table["train_time_ratio"] = table.at[reference, "train_img_per_s"] / table["train_img_per_s"]
+    table["inference_time_ratio"] = (table.at[reference, "inference_img_per_s"]
+                                     / table["inference_img_per_s"])
+    table["flops_ratio"] = counts["flops_ratio"]
+    table["params_ratio"] = counts["params_ratio"]
+    return table[["train_time_ratio", "inference_time_ratio", "flops_ratio", "params_ratio",
+                  "train_img_per_s", "inference_img_per_s"]]

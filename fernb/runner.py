@@ -181,7 +181,8 @@ def _digest(params: dict[str, Any]) -> str:
 
 
 def _prepare_results_dir(results_dir: Path, params: dict[str, Any]) -> None:
-    """Never silently overwrite a run made with other parameters: move it aside, versioned."""
+    """Never silently overwrite a run made with other parameters (the notebook's defaults
+    included): move it aside, versioned."""
     stored = read_json(results_dir / "run.json")
     if stored is not None and stored.get("parameters") != json.loads(json.dumps(params,
                                                                             default=str)):
@@ -246,7 +247,9 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
     params = validate_parameters(path, given)
     _check_data(params)
     results_dir = Path(output_dir or root / "results" / profile / stem).resolve()
-    _prepare_results_dir(results_dir, params)
+    effective = {name: p.default for name, p in notebook_parameters(path).items()
+                 if name not in RESERVED} | params
+    _prepare_results_dir(results_dir, effective)
     generated = Path(notebook_dir or root / "book" / "_generated") / f"{stem}.ipynb"
     generated.parent.mkdir(parents=True, exist_ok=True)
     scratch = results_dir / f".{stem}.running.ipynb"
@@ -278,7 +281,8 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
     scratch.unlink()
     (results_dir / "failed.ipynb").unlink(missing_ok=True)
     atomic_write_json(results_dir / "run.json", {
-        "notebook": stem, "profile": profile, "parameters": params, "digest": _digest(params),
+        "notebook": stem, "profile": profile, "parameters": effective,
+        "digest": _digest(effective),
         "status": "finished", "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return RunResult(stem, generated, results_dir, params, seconds)

@@ -189,3 +189,16 @@ def test_throughput_rejects_bad_input():
         throughput(model, (4,), batch_size=0, steps=1)
     with pytest.raises(ValueError, match="trainable"):
         throughput(model.requires_grad_(False), (4,), batch_size=2, steps=1, train=True)
+
+
+def test_measured_cost_is_relative_to_the_reference():
+    from fernb.complexity import measured_cost
+    models = {"ref": nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2)),
+              "small": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(2))}
+    for m in models.values():
+        m(torch.zeros(1, 1, 8, 8))
+    table = measured_cost(models, (1, 8, 8), reference="ref", batch_size=4, steps=1,
+                          device="cpu")
+    assert table.loc["ref", ["train_time_ratio", "inference_time_ratio", "flops_ratio"]].tolist() \
+        == [1.0, 1.0, 1.0]
+    assert table.loc["small", "flops_ratio"] < 1 and (table["train_img_per_s"] > 0).all()

@@ -87,7 +87,9 @@ def test_run_writes_outputs_and_versions_on_parameter_change(project: Path) -> N
     out = project / "results" / "smoke" / "00_demo"
     assert json.loads((out / "metrics.json").read_text()) == {"epochs": 1, "lr": 0.1}
     run = json.loads((out / "run.json").read_text())
-    assert run["parameters"] == {"epochs": 1} and result.results_dir == out
+    assert run["parameters"] == {"epochs": 1, "lr": 0.1, "name": "synth-lab",
+                                 "use_cuda": False, "sizes": [48, 96]}
+    assert result.results_dir == out
     nb = nbformat.read(project / "book" / "_generated" / "00_demo.ipynb", as_version=4)
     tagged = [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"]
     assert ["parameters", "remove-input"] in tagged

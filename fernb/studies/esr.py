@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fernb.complexity import count_parameters
+from fernb.complexity import count_parameters, eval_mode
 from fernb.data.datasets import FaceDataset
 from fernb.data.splits import esr_trials, leave_one_fold_out
 from fernb.data.transforms import BatchAugmentation
@@ -110,11 +110,25 @@ class StudyResults:
     saliency: dict[str, dict[str, np.ndarray]]
 
 
-def _last_layer(model: nn.Module, branch: nn.Module) -> nn.Module:
-    """Grad-CAM layer of a branch: its last convolution block, or the base's last at level 5."""
-    if len(branch.features):
-        return branch.features[-1]
-    return model.base[-1]
+MIN_CAM_SIZE = 5
+
+
+def cam_layer(model: ESR, branch: nn.Module, image_size: int) -> nn.Module:
+    """Grad-CAM layer for one branch: the deepest convolution block on its path (shared base,
+    then the branch) whose output is still at least ``MIN_CAM_SIZE`` pixels wide. At 96x96
+    that is the last convolution (7x7), as in the paper; at 48x48 the last convolution is
+    1x1, so the map comes from the third (9x9)."""
+    blocks = [*model.base, *branch.features]
+    x = torch.zeros(1, model.base[0][0].in_channels if len(model.base)
+                    else branch.features[0][0].in_channels, image_size, image_size,
+                    device=next(model.parameters()).device)
+    chosen = blocks[0]
+    with eval_mode(model), torch.no_grad():
+        for block in blocks:
+            x = block(x)
+            if x.shape[-1] >= MIN_CAM_SIZE:
+                chosen = block
+    return chosen
 
 
 class _Milestones:
@@ -136,7 +150,8 @@ class _Milestones:
         stage = 1 + next(i for i, b in enumerate(self.esr.branches) if b is branch)
         self.maps[f"stage{stage}_epoch{epoch}"] = gradcam(
             model, self.images.to(next(model.parameters()).device),
-            _last_layer(self.esr, branch), member=member, targets=self.targets.tolist())
+            cam_layer(self.esr, branch, self.images.shape[-1]), member=member,
+            targets=self.targets.tolist())
         _save_npz(self.path, **self.maps)
 
 
