@@ -206,4 +206,5 @@ def facet_lines(df: pd.DataFrame, x: str, y: str, hue: str, col: str) -> Figure:
     _columns(df, x, y, hue, col)
     grid = sns.relplot(df, x=x, y=y, hue=hue, col=col, kind="line", height=2.8, aspect=1.0,
                        facet_kws={"sharey": True})
+    grid.set_titles("{col_name}")
     return grid.figure

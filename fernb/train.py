@@ -199,6 +199,17 @@ def _evaluate(model: nn.Module, data: Data, loss_fn: Callable, task: str, batch_
     return metrics.summary("val")
 
 
+def _check_targets(out: torch.Tensor, y: torch.Tensor, task: str) -> None:
+    """Fail on the first batch, with a fix, when targets cannot match the model's outputs."""
+    n = out.shape[-1]
+    if task == "classification" and y.ndim == 1 and (y.min() < 0 or y.max() >= n):
+        raise ValueError(f"class targets must lie in [0, {n - 1}] for a model with {n} outputs, "
+                         f"got {int(y.min())}..{int(y.max())}: build the model with "
+                         f"n_classes equal to the dataset's number of classes")
+    if y.ndim == 2 and y.shape[1] != n:
+        raise ValueError(f"targets have {y.shape[1]} columns but the model has {n} outputs")
+
+
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
@@ -309,6 +320,8 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
                 x = augment(x)
             with torch.autocast(device.type, enabled=amp):
                 out = model(x)  # (B, M, C)
+                if epoch == start and step == 0:
+                    _check_targets(out, y, task)
                 loss = loss_fn(out, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

@@ -346,3 +346,10 @@ def test_on_epoch_end_sees_every_epoch_and_the_model():
     fit(model, TensorDataset(x, y), epochs=3, lr=0.01, progress=False, device="cpu",
         on_epoch_end=lambda epoch, m: seen.append((epoch, m is model, m.training)))
     assert seen == [(1, True, True), (2, True, True), (3, True, True)]
+
+
+def test_targets_out_of_range_are_named_on_the_first_batch():
+    model = single_network(n_classes=3, width=0.25)
+    x, y = torch.rand(8, 1, 48, 48), torch.full((8,), 5)
+    with pytest.raises(ValueError, match=r"\[0, 2\].*n_classes"):
+        fit(model, TensorDataset(x, y), epochs=1, lr=0.01, progress=False, device="cpu")

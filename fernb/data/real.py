@@ -157,13 +157,8 @@ def jaffe(root: str | Path | None = None, *, size: int = 96, crop: str = "haar",
     params = dict(size=size, crop=crop, grayscale=grayscale, clahe=clahe, margin=margin)
 
     def build(report: CheckReport) -> FaceDataset:
-        index = report.index
-        images, _, crops = _faces(list(index["path"]), size=size, crop=crop, grayscale=grayscale,
-                                  clahe=clahe, margin=margin, desc="jaffe")
-        return FaceDataset(images, _labels(index["emotion"], classes), index["subject"].to_numpy(),
-                           classes=classes, name="jaffe", channels=1 if grayscale else 3,
-                           meta={"subject_code": index["subject_code"].to_numpy(str),
-                                 "crop": crops})
+        return _from_index("jaffe", report.index, classes, params,
+                           meta={"subject_code": report.index["subject_code"].to_numpy(str)})
     return _cached("jaffe", root, params, cache_dir, build)
 
 
@@ -180,13 +175,19 @@ def sfew(root: str | Path | None = None, *, size: int = 96, crop: str = "haar",
 
     def build(report: CheckReport) -> FaceDataset:
         index = report.index
-        images, _, crops = _faces(list(index["path"]), size=size, crop=crop, grayscale=grayscale,
-                                  clahe=clahe, margin=margin, desc="sfew")
-        return FaceDataset(images, _labels(index["emotion"], classes), index["subject"].to_numpy(),
-                           classes=classes, name="sfew", split=index["split"].to_numpy(str),
-                           channels=1 if grayscale else 3,
-                           meta={"file": np.array([p.name for p in index["path"]]), "crop": crops})
+        return _from_index("sfew", index, classes, params, split=index["split"].to_numpy(str),
+                           meta={"file": np.array([p.name for p in index["path"]])})
     return _cached("sfew", root, params, cache_dir, build)
+
+
+def _from_index(name: str, index: pd.DataFrame, classes: tuple[str, ...],
+                params: dict[str, Any], *, meta: dict[str, np.ndarray],
+                **fields: Any) -> FaceDataset:
+    """Detect, crop and resize the faces of a folder-style dataset's index into a dataset."""
+    images, _, crops = _faces(list(index["path"]), desc=name, **params)
+    return FaceDataset(images, _labels(index["emotion"], classes), index["subject"].to_numpy(),
+                       classes=classes, name=name, channels=1 if params["grayscale"] else 3,
+                       meta={**meta, "crop": crops}, **fields)
 
 
 def _fer_images(pixels: pd.Series, size: int, clahe: bool) -> np.ndarray:

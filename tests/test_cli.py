@@ -1,0 +1,33 @@
+"""The `fernb data` commands as a user types them."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from fernb import cli
+
+
+def test_data_synth_exports_images_and_labels(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "synth"
+    code = cli.main(["data", "synth", "--preset", "synth-lab", "--size", "48",
+                     "--n-subjects", "2", "--seed", "0", "--out", str(out)])
+    assert code == 0 and "wrote 56 faces" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "labels.csv").open()))
+    assert len(rows) == 56 and (out / rows[0]["file"]).exists()
+    assert {r["emotion"] for r in rows} == {"neutral", "happiness", "sadness", "surprise",
+                                            "fear", "disgust", "anger", "contempt"}
+
+
+def test_data_check_exit_codes(tmp_path: Path, capsys) -> None:
+    from fixtures import write_jaffe
+    root = write_jaffe(tmp_path / "jaffe")
+    assert cli.main(["data", "check", "jaffe", "--root", str(root)]) == 0
+    assert cli.main(["data", "check", "jaffe", "--root", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().out.lower()
+
+
+def test_data_list_names_every_reader(capsys) -> None:
+    assert cli.main(["data", "list"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"synth-lab", "synth-wild", "ckplus", "jaffe", "sfew", "fer2013", "ferplus",
+            "rafdb", "affectnet"} <= set(names)
