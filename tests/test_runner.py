@@ -134,3 +134,11 @@ def test_params_table_shows_profile_values(project: Path) -> None:
     assert header.split() == ["parameter", "default", "smoke"]
     assert any(r.split()[:3] == ["epochs", "2", "1"] for r in rows)
     assert not any(r.startswith("results_dir") for r in rows)
+
+
+@pytest.mark.notebook
+def test_a_cell_timeout_is_reported_not_raised_raw(project: Path) -> None:
+    _notebook(project / "notebooks" / "02_slow.ipynb", "import time\ntime.sleep(30)")
+    with pytest.raises(runner.NotebookError, match="02_slow failed: .*Timeout"):
+        runner.run_notebook("02_slow", profile="smoke", root=project, progress=False, timeout=2)
+    assert not (project / "book" / "_generated" / "02_slow.ipynb").exists()
