@@ -295,8 +295,16 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
     best_loss, best_state, stale, start = math.inf, None, 0, 0
 
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    setup = {"lr": lr, "optimizer": optimizer, "batch_size": batch_size, "seed": seed,
+             "n_train": len(train_data.dataset if isinstance(train_data, DataLoader)
+                            else train_data),
+             "lrs": [g["lr"] for g in opt.param_groups]}
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("setup", setup) != setup:
+            raise ValueError(f"{ckpt_path} was written by a run with other settings "
+                             f"({ckpt['setup']}, now {setup}); resuming would mix them: use "
+                             f"another checkpoint_dir or delete it")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -358,7 +366,7 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch + 1, "history": history.epochs, "best_epoch": history.best_epoch,
                 "best_loss": best_loss, "best_state": best_state, "stale": stale,
-                "rng": _rng_state(generator)}, ckpt_path)
+                "rng": _rng_state(generator), "setup": setup}, ckpt_path)
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

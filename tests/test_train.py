@@ -353,3 +353,14 @@ def test_targets_out_of_range_are_named_on_the_first_batch():
     x, y = torch.rand(8, 1, 48, 48), torch.full((8,), 5)
     with pytest.raises(ValueError, match=r"\[0, 2\].*n_classes"):
         fit(model, TensorDataset(x, y), epochs=1, lr=0.01, progress=False, device="cpu")
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    x, y = torch.rand(12, 1, 48, 48), torch.randint(0, 3, (12,))
+    fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=1, lr=0.01,
+        progress=False, device="cpu", checkpoint_dir=tmp_path)
+    fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=2, lr=0.01,
+        progress=False, device="cpu", checkpoint_dir=tmp_path)  # same settings: resumes
+    with pytest.raises(ValueError, match="other settings"):
+        fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=3, lr=0.1,
+            progress=False, device="cpu", checkpoint_dir=tmp_path)
