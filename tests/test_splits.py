@@ -75,3 +75,21 @@ def test_bad_inputs() -> None:
         splits.esr_trials(np.arange(5), n_train_folds=4)
     with pytest.raises(ValueError, match="train/val/test"):
         splits.official_split(np.array(["train", "Training"]))
+
+
+def test_standard_split_uses_the_official_partition(data) -> None:
+    labels, subjects = data
+    names = np.array(["train"] * (len(labels) - 60) + ["val"] * 60)
+    split = splits.standard_split(labels, subjects, names, seed=0)
+    assert np.array_equal(split.test, np.flatnonzero(names == "val"))
+    assert set(split.train) | set(split.val) == set(np.flatnonzero(names == "train"))
+    assert not set(split.val) & set(split.train) and not set(split.val) & set(split.test)
+    with_test = np.where(np.arange(len(labels)) % 5 == 0, "test", names)
+    official = splits.standard_split(labels, subjects, with_test)
+    assert np.array_equal(official.test, np.flatnonzero(with_test == "test"))
+    assert np.array_equal(official.val, np.flatnonzero(with_test == "val"))
+    no_partition = splits.standard_split(labels, subjects, seed=3)
+    ref = splits.holdout(labels, subjects, seed=3)
+    assert np.array_equal(no_partition.test, ref.test)
+    with pytest.raises(ValueError, match="neither a test nor a validation"):
+        splits.standard_split(labels, subjects, np.array(["train"] * len(labels)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,26 @@ def official_split(split_names: np.ndarray) -> Split:
         raise ValueError(f"split names must be train/val/test; found {sorted(unknown)}")
     return Split(train=np.flatnonzero(names == "train"), val=np.flatnonzero(names == "val"),
                  test=np.flatnonzero(names == "test"))
+
+
+def standard_split(labels: np.ndarray, subjects: np.ndarray,
+                   split_names: np.ndarray | None = None, *, val_fraction: float = 0.15,
+                   test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The split a chapter trains on: a dataset's own partition when it has one, else a
+    subject-independent :func:`holdout`.
+
+    A partition without a test part (AffectNet, SFEW) is evaluated on its validation part,
+    as the papers do; model selection then uses a stratified tenth of the training part, so
+    the reported images are never used to pick weights.
+    """
+    if split_names is None:
+        return holdout(labels, subjects, val_fraction=val_fraction,
+                       test_fraction=test_fraction, seed=seed)
+    split = official_split(split_names)
+    if len(split.test):
+        return split
+    if not len(split.val):
+        raise ValueError("the dataset's partition has neither a test nor a validation part")
+    train, val = train_test_split(split.train, test_size=0.1, random_state=seed,
+                                  stratify=np.asarray(labels)[split.train])
+    return Split(train=np.sort(train), val=np.sort(val), test=split.val)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fernb.complexity import count_parameters, eval_mode
 from fernb.data.datasets import FaceDataset
-from fernb.data.splits import esr_trials, leave_one_fold_out
+from fernb.data.splits import Split, esr_trials, leave_one_fold_out
 from fernb.data.transforms import BatchAugmentation
 from fernb.ensemble import plurality_vote
 from fernb.evaluate import predict
@@ -155,12 +155,11 @@ class _Milestones:
         _save_npz(self.path, **self.maps)
 
 
-def _train(run: Run, data: FaceDataset, folds: np.ndarray, config: Config, out: Path,
-           hook: _Milestones | None) -> tuple[nn.Module, list[History]]:
+def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split, config: Config,
+           out: Path, hook: _Milestones | None) -> tuple[nn.Module, list[History]]:
     # One seed per trial: every model of a trial starts from the same first network, so an
     # ESR with one branch is exactly the single network (paper Fig. 5), resumed or not.
     torch.manual_seed(config.seed * 1000 + run.trial)
-    split = esr_trials(folds, config.n_train_folds)[run.trial]
     bags = leave_one_fold_out(split, folds)
     val = data.subset(split.val)
     common = dict(batch_size=config.batch_size, device=config.device, seed=config.seed,
@@ -221,6 +220,7 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
                          f"{config.n_train_folds + 2} folds; got {k}")
     if milestones and not all(1 <= e <= config.epochs for e in milestones):
         raise ValueError(f"milestones {list(milestones)} must lie in 1..epochs ({config.epochs})")
+    trials = esr_trials(folds, config.n_train_folds)
     out_dir = Path(out_dir)
     stored = read_json(out_dir / "config.json")
     if stored is not None and stored != asdict(config):
@@ -237,9 +237,9 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
                 imgs, tgts = data.tensors(saliency_images)
                 hook = _Milestones(imgs, tgts.numpy(), milestones, out / "saliency.npz")
             start = time.perf_counter()
-            model, hist = _train(run, data, folds, config, out, hook)
+            split = trials[run.trial]
+            model, hist = _train(run, data, folds, split, config, out, hook)
             seconds = time.perf_counter() - start
-            split = esr_trials(folds, config.n_train_folds)[run.trial]
             test_logits = predict(model, data.subset(split.test), device=config.device).numpy()
             test_labels = data.labels[split.test]
             for i, h in enumerate(hist, start=1):
