@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
@@ -76,6 +75,9 @@ class History:
 IN_MEMORY_BYTES = 2 * 1024**3
 
 
+Targets = torch.Tensor | tuple[torch.Tensor, ...]
+
+
 def _prepare(data: Data, device: torch.device) -> Data:
     """Put small un-augmented datasets on ``device`` as one TensorDataset (batching by
     slicing is much faster than a DataLoader); other data are returned unchanged."""
@@ -88,26 +90,43 @@ def _prepare(data: Data, device: torch.device) -> Data:
             values = getattr(data, data.target)
             y = torch.from_numpy(np.asarray(values, dtype=np.float32))
         return torch.utils.data.TensorDataset(x.to(device), y.to(device))
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) >= 2:
         return torch.utils.data.TensorDataset(*(t.to(device) for t in data.tensors))
     return data
 
 
+def _targets(parts: Sequence[torch.Tensor], device: torch.device) -> Targets:
+    """One target tensor, or a tuple when a sample carries several (e.g. label and map)."""
+    moved = tuple(t.to(device, non_blocking=True) for t in parts)
+    return moved[0] if len(moved) == 1 else moved
+
+
 def _batches(data: Data, batch_size: int, device: torch.device, shuffle: bool,
-             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, Targets]]:
     """Yield (x, y) batches on ``device``: slices of in-memory tensors where possible,
-    otherwise a single-process DataLoader (faster than worker processes on small CPUs)."""
-    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
-        x, y = data.tensors
+    otherwise a single-process DataLoader (faster than worker processes on small CPUs).
+    ``y`` is a tuple when samples are (x, y1, y2, ...)."""
+    if isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) >= 2:
+        x, *ys = data.tensors
         order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
         for i in range(0, len(x), batch_size):
             idx = order[i:i + batch_size].to(x.device)
-            yield x[idx].to(device), y[idx].to(device)
+            yield x[idx].to(device), _targets([y[idx] for y in ys], device)
         return
     if not isinstance(data, DataLoader):
         data = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-    for x, y in data:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for x, *ys in data:
+        yield x.to(device, non_blocking=True), _targets(ys, device)
+
+
+def _logits(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The (B, M, C) logits of a model output: the tensor, or a tuple's first element."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _labels(y: Targets) -> torch.Tensor:
+    """The class (or regression) targets of a batch: ``y``, or a tuple's first element."""
+    return y if isinstance(y, torch.Tensor) else y[0]
 
 
 def _check_data(data: Data, name: str) -> None:
@@ -161,8 +180,8 @@ class _Metrics:
         self.member: torch.Tensor | float = 0.0
         self.ensemble: torch.Tensor | float = 0.0
 
-    def update(self, loss: float, out: torch.Tensor, y: torch.Tensor) -> None:
-        out = out.detach().float()
+    def update(self, loss: float, out: torch.Tensor, y: Targets) -> None:
+        out, y = _logits(out).detach().float(), _labels(y)
         b = len(y)
         self.n += b
         self.loss += loss * b
@@ -187,20 +206,26 @@ class _Metrics:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, data: Data, loss_fn: Callable, task: str, batch_size: int,
-              device: torch.device, generator: torch.Generator, amp: bool) -> dict[str, float]:
+def _evaluate(model: nn.Module, forward: Callable, data: Data, loss_fn: Callable, task: str,
+              batch_size: int, device: torch.device, generator: torch.Generator,
+              amp: bool) -> dict[str, float]:
     model.eval()
     metrics = _Metrics(task)
     for x, y in _batches(data, batch_size, device, False, generator):
         with torch.autocast(device.type, enabled=amp):
-            out = model(x)  # (B, M, C)
+            out = forward(x)  # (B, M, C) or ((B, M, C), extras...)
             loss = loss_fn(out, y)
         metrics.update(loss.item(), out, y)
     return metrics.summary("val")
 
 
-def _check_targets(out: torch.Tensor, y: torch.Tensor, task: str) -> None:
+def _check_targets(out: torch.Tensor, y: Targets, task: str) -> None:
     """Fail on the first batch, with a fix, when targets cannot match the model's outputs."""
+    out, y = _logits(out), _labels(y)
+    if out.ndim != 3:
+        raise ValueError(f"the model must return logits (batch, members, outputs), got shape "
+                         f"{tuple(out.shape)}; wrap a single network in "
+                         f"fernb.models.members.Members")
     n = out.shape[-1]
     if task == "classification" and y.ndim == 1 and (y.min() < 0 or y.max() >= n):
         raise ValueError(f"class targets must lie in [0, {n - 1}] for a model with {n} outputs, "
@@ -232,14 +257,17 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         task: str = "classification", batch_size: int = 32, device: str | torch.device = "auto",
         seed: int = 0, checkpoint_dir: str | Path | None = None,
         early_stopping: int | None = None, progress: bool = True,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        augment: Callable[[torch.Tensor, Targets], tuple[torch.Tensor, Targets]] | None = None,
+        forward: str = "forward",
         on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> History:
     """Train ``model`` (output (B, M, C)) and return its per-epoch :class:`History`.
 
     Args:
         model: returns (batch, members, outputs); frozen parts are kept frozen.
         train_data, val_data: a FaceDataset, a torch Dataset of (x, y) or a DataLoader.
-            Targets are class indices, (B, C) distributions, or (B, D) regression targets.
+            Targets are class indices, (B, C) distributions, or (B, D) regression targets;
+            samples (x, y1, y2, ...) give the loss a tuple (y1, y2, ...) (e.g. a label and a
+            target map), whose first element the metrics use.
         epochs: total number of epochs (a resumed run continues up to this number).
         lr: learning rate of groups that set none.
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
@@ -251,12 +279,17 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
             (classification) or :func:`member_rmse` (regression).
         task: ``"classification"`` (accuracy metrics) or ``"regression"`` (RMSE metrics).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...; AMP is used on CUDA only.
-        seed: seeds shuffling, augmentation and dropout.
+        seed: seeds shuffling, augmentation and dropout (not initial weights: build models
+            under :func:`fernb.seeding.seeded`).
         checkpoint_dir: where ``last.pt`` is written after every epoch; if it exists the
             run resumes after its last finished epoch.
         early_stopping: stop after this many epochs without a lower validation loss.
         progress: show a tqdm bar over epochs.
-        augment: applied to every training batch (B, C, H, W) on the device.
+        augment: ``augment(x, y) -> (x, y)`` on every training batch on the device, so a
+            geometric augmentation can move targets (landmarks, maps) with the image.
+        forward: name of the model method the training and validation passes call, e.g.
+            ``"forward_with_map"``; it returns (B, M, C) logits, or a tuple whose first
+            element they are (the loss receives the whole output).
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch (1-based),
             e.g. to draw saliency maps at training milestones (ESR Fig. 5, right).
 
@@ -275,6 +308,9 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
     _check_data(train_data, "train_data")
     if val_data is not None:
         _check_data(val_data, "val_data")
+    if not callable(getattr(model, forward, None)):
+        raise ValueError(f"forward={forward!r}: the model has no such method")
+    run = getattr(model, forward)
     loss_fn = loss_fn or (member_cross_entropy if task == "classification" else member_rmse)
     device = resolve_device(device)
     amp = device.type == "cuda"
@@ -325,9 +361,9 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         metrics = _Metrics(task)
         for step, (x, y) in enumerate(_batches(train_data, batch_size, device, True, generator)):
             if augment is not None:
-                x = augment(x)
+                x, y = augment(x, y)
             with torch.autocast(device.type, enabled=amp):
-                out = model(x)  # (B, M, C)
+                out = run(x)  # (B, M, C) or ((B, M, C), extras...)
                 if epoch == start and step == 0:
                     _check_targets(out, y, task)
                 loss = loss_fn(out, y)
@@ -345,7 +381,8 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
 
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **metrics.summary("train")}
         if val_data is not None:
-            row.update(_evaluate(model, val_data, loss_fn, task, batch_size, device, generator, amp))
+            row.update(_evaluate(model, run, val_data, loss_fn, task, batch_size, device,
+                                 generator, amp))
         row["seconds"] = time.perf_counter() - t0
         history.epochs.append(row)
         if val_data is None:
@@ -384,26 +421,35 @@ def _stage_dir(checkpoint_dir: str | Path | None, name: str) -> Path | None:
     return Path(checkpoint_dir) / name if checkpoint_dir is not None else None
 
 
-class _Interleaved:
-    """Interleaved training: each training mini-batch updates one branch, in turn (with the
-    shared layers); evaluation (no autograd) uses the full eq. (1)."""
+class _Interleaved(nn.Module):
+    """Interleaved training (Siqueira et al. 2018): in train mode each call runs the shared
+    base and one branch, in turn, and returns its logits (B, 1, C); the other branches take no
+    part, so neither their weights, their optimizer state nor their BatchNorm statistics
+    move. In eval mode it is the whole ESR (B, M, C), scored with eq. (1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, esr: ESR) -> None:
+        super().__init__()
+        self.esr = esr
         self.step = 0
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return member_cross_entropy(logits, targets)
-        m = self.step % logits.shape[1]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.esr(x)  # (B, M, C)
+        branch = self.esr.branches[self.step % len(self.esr.branches)]
         self.step += 1
-        return F.cross_entropy(logits[:, m], targets)
+        return branch(self.esr.forward_features(x)).unsqueeze(1)  # (B, 1, C)
+
+
+def _unfreeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
 
 
 def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[np.ndarray],
-              val_data: Data | None = None, *, strategy: str = "varied", epochs: int,
-              lr: float = 0.1, lr_trained: float = 0.02, init: str = "fresh",
-              checkpoint_dir: str | Path | None = None, **fit_kwargs: Any
-              ) -> tuple[ESR, list[History]]:
+              val_data: Data | None = None, *, strategy: str = "varied",
+              epochs: int | Sequence[int], lr: float = 0.1, lr_trained: float = 0.02,
+              init: str = "fresh", checkpoint_dir: str | Path | None = None,
+              **fit_kwargs: Any) -> tuple[ESR, list[History]]:
     """Grow an ESR one branch at a time (Algorithm 1) and train it with eq. (1).
 
     Branch ``b`` is trained together with branches ``1..b-1`` on ``subsets[b-1]`` (indices
@@ -414,16 +460,23 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
     - ``"fixed"``: shared layers and trained branches keep ``lr`` (lr_sl = lr_tb = 0.1).
     - ``"varied"``: shared layers ``lr``, trained branches ``lr_trained`` (0.1 / 0.02).
     - ``"frozen"``: shared layers and trained branches are frozen (lr_sl = lr_tb = 0),
-      BatchNorm statistics included; the base trains with the first branch only.
+      BatchNorm statistics included; the base trains with the first branch only. The
+      returned model is trainable again (``requires_grad`` restored everywhere).
     - ``"interleaved"``: all branches exist from the start and are trained on the union of
-      the subsets, each mini-batch updating one branch in turn (Siqueira et al. 2018), for
-      ``epochs * len(subsets)`` epochs so that it gets the training budget of the sequential
-      strategies. Its ``train_loss`` is the updated branch's loss (``val_loss`` is eq. (1)),
-      and a resumed run restarts the branch rotation.
+      the subsets, each mini-batch running and updating only the shared layers and one
+      branch, in turn (Siqueira et al. 2018), for ``sum(epochs)`` epochs so that it gets the
+      training budget of the sequential strategies. Its ``train_loss`` and ``train_acc_1``
+      are those of the branch each mini-batch updated (``val_loss`` is eq. (1) over all
+      branches), and a resumed run restarts the branch rotation.
+
+    Every stage keeps the weights of its epoch with the lowest validation loss (see
+    :func:`fit`).
 
     Args:
         model: an ESR with exactly one branch (``"interleaved"``: any number; branches are
             added up to ``len(subsets)``).
+        epochs: epochs per added branch, one number for all or one per branch (ESR-9 in the
+            authors' code: 50 for the first branch, then 20).
         init: how added branches start, see :meth:`ESR.add_branch`.
         fit_kwargs: passed to :func:`fit` (``optimizer``, ``schedule``, ``batch_size``...).
 
@@ -437,6 +490,10 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
         raise TypeError(f"model must be an ESR, got {type(model).__name__}")
     if not len(subsets):
         raise ValueError("subsets is empty: give one index array per branch")
+    stage_epochs = [int(epochs)] * len(subsets) if np.ndim(epochs) == 0 else list(epochs)
+    if len(stage_epochs) != len(subsets):
+        raise ValueError(f"epochs gives {len(stage_epochs)} values for {len(subsets)} branches; "
+                         f"give one number or one per branch")
     if strategy == "interleaved":
         if len(model.branches) > len(subsets):
             raise ValueError(f"the model has {len(model.branches)} branches but only "
@@ -444,17 +501,16 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
         while len(model.branches) < len(subsets):
             model.add_branch(init)
         union = np.unique(np.concatenate([np.asarray(s) for s in subsets]))
-        history = fit(model, _subset(train_data, union), val_data, epochs=epochs * len(subsets),
-                      lr=lr,
-                      loss_fn=_Interleaved(), checkpoint_dir=_stage_dir(checkpoint_dir, "all"),
-                      **fit_kwargs)
+        history = fit(_Interleaved(model), _subset(train_data, union), val_data,
+                      epochs=sum(stage_epochs), lr=lr,
+                      checkpoint_dir=_stage_dir(checkpoint_dir, "all"), **fit_kwargs)
         return model, [history]
     if len(model.branches) != 1:
         raise ValueError(f"Algorithm 1 starts from one branch; the model has "
                          f"{len(model.branches)} (build it with n_branches=1)")
 
     histories = []
-    for b, indices in enumerate(subsets, start=1):
+    for b, (indices, n_epochs) in enumerate(zip(subsets, stage_epochs), start=1):
         if b > 1:
             model.add_branch(init)
         new, trained = model.branches[-1], list(model.branches[:-1])
@@ -465,10 +521,12 @@ def train_esr(model: ESR, train_data: FaceDataset | Dataset, subsets: Sequence[n
         lr_tb = lr_trained if strategy == "varied" else lr
         groups = [{"params": model.base, "lr": lr}, {"params": new, "lr": lr},
                   {"params": [p for t in trained for p in t.parameters()], "lr": lr_tb}]
-        histories.append(fit(model, _subset(train_data, indices), val_data, epochs=epochs,
+        histories.append(fit(model, _subset(train_data, indices), val_data, epochs=n_epochs,
                              lr=lr, param_groups=groups,
                              checkpoint_dir=_stage_dir(checkpoint_dir, f"branch_{b}"),
                              **fit_kwargs))
+    if strategy == "frozen":
+        _unfreeze(model)
     return model, histories
 
 

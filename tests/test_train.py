@@ -40,6 +40,12 @@ def same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def same_values(a, b):
+    """Equal tensors in the same order, whatever the keys are called."""
+    a, b = list(a.state_dict().values()), list(b.state_dict().values())
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,9 +121,9 @@ def test_param_groups_must_cover_trainable_parameters():
         fit(model, toy(), epochs=1, lr=0.1, param_groups=[{"params": model.base}], **FAST)
 
 
-def random_flip(x):
+def random_flip(x, y):
     flip = torch.rand(len(x), device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x), y
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -238,30 +244,122 @@ def test_interleaved_trains_one_branch_per_batch():
     assert len(grown.branches) == 2 and len(histories) == 1
 
 
-def test_interleaved_step_touches_only_one_branch():
-    model, data = small_esr(n_branches=1), toy(n=16)
-    before = small_esr(n_branches=1)
-    before.add_branch()
-    model.add_branch()
-    model.load_state_dict(before.state_dict())
-    after_first = {}
+def test_interleaved_step_moves_only_its_branch():
+    """With SGD momentum (the paper's 0.9), a mini-batch must leave every other branch
+    bit-identical: weights, BatchNorm statistics, everything in its state dict."""
+    model, data = small_esr(n_branches=3), toy(n=16)
+    snapshots = []
 
     def snapshot(epoch, m):
-        if epoch == 1:
-            after_first.update({k: v.clone() for k, v in m.state_dict().items()})
-    _, (history,) = train_esr(model, data, [np.arange(16), np.arange(16)],
-                              strategy="interleaved", epochs=1, lr=0.05, momentum=0.0,
-                              on_epoch_end=snapshot, **{**FAST, "batch_size": 16})
-    # One mini-batch per epoch; two subsets give the budget of two sequential stages.
-    assert len(history) == 2
-    first = small_esr(n_branches=1)
-    first.add_branch()
-    first.load_state_dict(after_first)
-    # After the first mini-batch only branch 1's weights moved (branch 2's BatchNorm
-    # statistics move in train mode, its weights must not); the second updates branch 2.
-    assert not same(state(before.branches[0]), state(first.branches[0]))
-    assert torch.equal(before.branches[1].fc.weight, first.branches[1].fc.weight)
-    assert not torch.equal(first.branches[1].fc.weight, model.branches[1].fc.weight)
+        snapshots.append({k.removeprefix("esr."): v.clone() for k, v in m.state_dict().items()})
+    _, (history,) = train_esr(model, data, [np.arange(16)] * 3, strategy="interleaved",
+                              epochs=1, lr=0.05, on_epoch_end=snapshot,
+                              **{**FAST, "batch_size": 16})
+    # One mini-batch per epoch; three subsets give the budget of three sequential stages.
+    assert len(history) == 3
+    start = {k: v for k, v in state(small_esr(n_branches=3)).items()}
+    steps = [start, *snapshots]
+    for step in range(3):  # step k updates branch k (and the base) only
+        before, after = steps[step], steps[step + 1]
+        for b in range(3):
+            keys = [k for k in before if k.startswith(f"branches.{b}.")]
+            unchanged = all(torch.equal(before[k], after[k]) for k in keys)
+            assert unchanged == (b != step), (step, b)
+        assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("base."))
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "varied", "frozen", "interleaved"])
+def test_every_branch_starts_from_its_own_reproducible_weights(strategy, monkeypatch):
+    """Branches of an ESR start pairwise different for every strategy, and the same on a
+    rerun with the same seed, whatever the training in between drew from the RNG."""
+    added = []
+    original = ESR.add_branch
+
+    def record(self, init="fresh"):
+        branch = original(self, init)
+        added.append({k: v.clone() for k, v in branch.state_dict().items()})
+        return branch
+
+    monkeypatch.setattr(ESR, "add_branch", record)
+
+    def starts(seed):
+        added.clear()
+        model = ESR(level=3, n_branches=1, n_classes=2, width=0.25, seed=seed)
+        train_esr(model, toy(n=16), [np.arange(16)] * 4, strategy=strategy, epochs=1,
+                  lr=0.05, **FAST)
+        return [dict(a) for a in added]
+
+    first, again, other = starts(0), starts(0), starts(1)
+    assert len(first) == 4
+    for a, b in zip(first, again):
+        assert same(a, b)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not same(first[i], first[j]), (i, j)
+    assert not same(first[1], other[1])
+
+
+def test_esr_branches_start_like_the_traditional_ensemble_networks():
+    """Same seed: branch b of ESR-4 at level 3 starts as the last two convolutions and the
+    classifier of TE network b, the base as network 0's first three convolutions, and the
+    single network as TE network 0."""
+    esr = ESR(level=3, n_branches=4, n_classes=2, width=0.25, seed=7)
+    te = ESR(level=0, n_branches=4, n_classes=2, width=0.25, seed=7)
+    for b in range(4):
+        network = te.branches[b]
+        assert same_values(esr.branches[b].features, network.features[3:])
+        assert same_values(esr.branches[b].fc, network.fc)
+    assert same_values(esr.base, te.branches[0].features[:3])
+    assert same_values(single_network(n_classes=2, width=0.25, seed=7).branches[0],
+                       te.branches[0])
+
+
+def test_frozen_strategy_returns_a_trainable_model():
+    grown, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(48)] * 2,
+                         strategy="frozen", epochs=1, lr=0.05, **FAST)
+    assert all(p.requires_grad for p in grown.parameters())
+
+
+def test_epochs_per_branch():
+    _, histories = train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3,
+                             epochs=[3, 1, 1], lr=0.05, **FAST)
+    assert [len(h) for h in histories] == [3, 1, 1]
+    with pytest.raises(ValueError, match="one per branch"):
+        train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, epochs=[3, 1],
+                  lr=0.05, **FAST)
+
+
+def test_fit_passes_several_targets_and_a_named_forward():
+    """Samples (x, label, map) reach the loss as a tuple; ``forward`` picks the method."""
+    class WithMap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+            self.fc = torch.nn.Linear(1, 2)
+
+        def forward(self, x):
+            return self.forward_with_map(x)[0]
+
+        def forward_with_map(self, x):
+            m = self.conv(x)  # (B, 1, H, W)
+            return self.fc(m.mean((2, 3))).unsqueeze(1), m
+
+    x, y = toy(n=16).tensors
+    maps = x.clone()
+    seen = []
+
+    def loss(out, targets):
+        (logits, m), (labels, target_map) = out, targets
+        seen.append((logits.shape, m.shape, labels.shape, target_map.shape))
+        return member_cross_entropy(logits, labels) + (m - target_map).pow(2).mean()
+
+    history = fit(WithMap(), TensorDataset(x, y, maps), TensorDataset(x, y, maps), epochs=1,
+                  lr=0.05, loss_fn=loss, forward="forward_with_map", **FAST)
+    assert seen[0] == (torch.Size([16, 1, 2]), torch.Size([16, 1, 48, 48]),
+                       torch.Size([16]), torch.Size([16, 1, 48, 48]))
+    assert "val_acc_1" in history.to_frame()
+    with pytest.raises(ValueError, match="no such method"):
+        fit(WithMap(), TensorDataset(x, y), epochs=1, lr=0.1, forward="nope", **FAST)
 
 
 def test_train_esr_arguments():

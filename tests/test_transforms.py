@@ -177,9 +177,10 @@ def test_batch_augmentation_draws_per_image():
     from fernb.data.transforms import BatchAugmentation
     torch.manual_seed(0)
     batch = torch.rand(1, 1, 48, 48).expand(16, -1, -1, -1).contiguous()
-    out = BatchAugmentation("esr", 48)(batch)
-    assert out.shape == batch.shape
+    labels = torch.arange(16)
+    out, targets = BatchAugmentation("esr", 48)(batch, labels)
+    assert out.shape == batch.shape and targets is labels
     assert len({round(float(img.sum()), 3) for img in out}) > 8, "images share one transform"
-    assert torch.equal(BatchAugmentation("none", 48)(batch), batch)
+    assert torch.equal(BatchAugmentation("none", 48)(batch, labels)[0], batch)
     with pytest.raises(ValueError, match="B, C, H, W"):
-        BatchAugmentation("flip", 48)(batch[0])
+        BatchAugmentation("flip", 48)(batch[0], labels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -217,21 +218,22 @@ def augmentation(kind: str, size: int) -> v2.Transform:
 class BatchAugmentation:
     """Apply :func:`augmentation` to every image of a (B, C, H, W) batch independently, for
     ``fernb.train.fit(augment=...)`` (a v2 transform called on a batch would draw one set of
-    random parameters for the whole batch)."""
+    random parameters for the whole batch). Class targets pass through unchanged."""
 
     def __init__(self, kind: str, size: int) -> None:
         self.kind = kind
         self.transform = augmentation(kind, size)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, targets: Any = None) -> tuple[torch.Tensor, Any]:
         if batch.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(batch.shape)}")
         if self.kind == "none":
-            return batch
-        return torch.stack([self.transform(image) for image in batch])
+            return batch, targets
+        return torch.stack([self.transform(image) for image in batch]), targets
 
     def __repr__(self) -> str:
         return f"BatchAugmentation({self.kind!r})"
+
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (N, C, H, W) images: pass the training split only."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from fernb.complexity import eval_mode
 from fernb.ensemble import plurality_vote
+from fernb.seeding import seeded
 
 # One convolution per row: (out_channels, kernel, padding, max-pool after it).
 LAB_LAYERS: tuple[tuple[int, int, int, bool], ...] = (
@@ -85,12 +86,18 @@ class ESR(nn.Module):
         n_classes: emotion classes (8 in the paper).
         width: channel multiplier; 1.0 is the paper's architecture.
         in_chans: input channels; None takes the architecture's (1 "lab", 3 "wild").
+        seed: initialisation seed. Branch ``b`` (0-based) starts as the unshared layers of a
+            whole network initialised under ``seeded(seed, b)`` and the shared base as the
+            first ``level`` layers of network 0, so branches start pairwise different, an ESR
+            with one branch is exactly the single network, and branch ``b`` starts exactly
+            like network ``b`` of the traditional ensemble (level 0) with the same seed.
 
     ``forward`` returns emotion logits of shape (batch, branches, classes).
     """
 
     def __init__(self, *, arch: str = "lab", level: int | None = None, n_branches: int | None = None,
-                 n_classes: int = 8, width: float = 1.0, in_chans: int | None = None) -> None:
+                 n_classes: int = 8, width: float = 1.0, in_chans: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
@@ -111,7 +118,9 @@ class ESR(nn.Module):
         self.arch, self.level, self.n_classes = arch, level, n_classes
         self._layers = tuple((max(1, round(c * width)), k, p, pool) for c, k, p, pool in layers)
         self._in_chans = in_chans
-        self.base = nn.Sequential(*self._blocks(0, level))
+        self.seed = seed
+        with seeded(seed, 0):
+            self.base = nn.Sequential(*self._blocks(0, len(self._layers))[:level])
         self.branches = nn.ModuleList()
         for _ in range(n_branches):
             self.add_branch()
@@ -121,19 +130,22 @@ class ESR(nn.Module):
         return [conv_block(chans[i], c, k, p, pool)
                 for i, (c, k, p, pool) in enumerate(self._layers[start:stop], start)]
 
-    def _new_branch(self) -> Branch:
-        return Branch(self._blocks(self.level, len(self._layers)), self._layers[-1][0],
-                      self.n_classes, affect=self.arch == "wild")
+    def _new_branch(self, index: int) -> Branch:
+        with seeded(self.seed, index):
+            blocks = self._blocks(0, len(self._layers))[self.level:]
+            return Branch(blocks, self._layers[-1][0], self.n_classes,
+                          affect=self.arch == "wild")
 
     def add_branch(self, init: str = "fresh") -> Branch:
         """Append a branch (Algorithm 1, "initialize the convolutional branch B_b").
 
         Args:
             init: ``"fresh"`` draws new random weights (the paper's Algorithm 1 and the
-                authors' code); ``"copy"`` starts from a copy of the last branch.
+                authors' code) from the branch's own stream (see ``seed``); ``"copy"``
+                starts from a copy of the last branch.
         """
         if init == "fresh":
-            branch = self._new_branch()
+            branch = self._new_branch(len(self.branches))
             device = next(self.parameters(), torch.empty(0)).device
             branch.to(device)
         elif init == "copy":
@@ -186,26 +198,28 @@ class ESR(nn.Module):
             return self.forward_affect(x).mean(1)
 
 
-def single_network(*, n_classes: int = 8, width: float = 1.0, in_chans: int = 1) -> ESR:
+def single_network(*, n_classes: int = 8, width: float = 1.0, in_chans: int = 1,
+                   seed: int = 0) -> ESR:
     """The CK+ single-network baseline (Table 1: 131,208 parameters); members = 1."""
     return ESR(arch="lab", level=0, n_branches=1, n_classes=n_classes, width=width,
-               in_chans=in_chans)
+               in_chans=in_chans, seed=seed)
 
 
 def traditional_ensemble(*, n_networks: int = 4, n_classes: int = 8, width: float = 1.0,
-                         in_chans: int = 1) -> ESR:
+                         in_chans: int = 1, seed: int = 0) -> ESR:
     """Independent networks, i.e. an ESR at level 0 (Table 1: 524,832 parameters for four)."""
     return ESR(arch="lab", level=0, n_branches=n_networks, n_classes=n_classes, width=width,
-               in_chans=in_chans)
+               in_chans=in_chans, seed=seed)
 
 
-def esr4(*, level: int = 3, n_classes: int = 8, width: float = 1.0, in_chans: int = 1) -> ESR:
+def esr4(*, level: int = 3, n_classes: int = 8, width: float = 1.0, in_chans: int = 1,
+         seed: int = 0) -> ESR:
     """ESR-4 on the CK+ network (Table 1: 355,104 parameters at level 3, 243,936 at 4)."""
     return ESR(arch="lab", level=level, n_branches=4, n_classes=n_classes, width=width,
-               in_chans=in_chans)
+               in_chans=in_chans, seed=seed)
 
 
-def esr9(*, n_classes: int = 8, width: float = 1.0, in_chans: int = 3) -> ESR:
+def esr9(*, n_classes: int = 8, width: float = 1.0, in_chans: int = 3, seed: int = 0) -> ESR:
     """ESR-9 for in-the-wild data (about 20.35M parameters; the paper says about 20M)."""
     return ESR(arch="wild", level=4, n_branches=9, n_classes=n_classes, width=width,
-               in_chans=in_chans)
+               in_chans=in_chans, seed=seed)

@@ -157,9 +157,10 @@ class _Milestones:
 
 def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split, config: Config,
            out: Path, hook: _Milestones | None) -> tuple[nn.Module, list[History]]:
-    # One seed per trial: every model of a trial starts from the same first network, so an
-    # ESR with one branch is exactly the single network (paper Fig. 5), resumed or not.
-    torch.manual_seed(config.seed * 1000 + run.trial)
+    # One initialisation seed per trial: member b of every model of a trial starts from the
+    # same network b (ESR's branch b holds the unshared layers of TE network b), so an ESR
+    # with one branch is exactly the single network (paper Fig. 5), resumed or not.
+    seed = config.seed * 1000 + run.trial
     bags = leave_one_fold_out(split, folds)
     val = data.subset(split.val)
     common = dict(batch_size=config.batch_size, device=config.device, seed=config.seed,
@@ -168,17 +169,19 @@ def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split, config:
                                    gamma=0.5) if config.lr_step else None)
     n = data.n_classes
     if run.model == "single":
-        model = single_network(n_classes=n, width=config.width)
+        model = single_network(n_classes=n, width=config.width, seed=seed)
         return model, [fit(model, data.subset(split.train), val, epochs=config.epochs,
                            lr=config.lr, checkpoint_dir=out / "ckpt", **common)]
     if run.model == "TE":
-        model = traditional_ensemble(n_networks=len(bags), n_classes=n, width=config.width)
+        model = traditional_ensemble(n_networks=len(bags), n_classes=n, width=config.width,
+                                     seed=seed)
         if hook is not None:
             hook.esr = model
             common["on_epoch_end"] = hook
         return train_bagging(model, data, bags, val, epochs=config.epochs, lr=config.lr,
                              checkpoint_dir=out / "ckpt", **common)
-    model = ESR(arch="lab", level=run.level, n_branches=1, n_classes=n, width=config.width)
+    model = ESR(arch="lab", level=run.level, n_branches=1, n_classes=n, width=config.width,
+                seed=seed)
     if hook is not None:
         hook.esr = model
         common["on_epoch_end"] = hook
