@@ -12,6 +12,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = dict(args.param or [])
     result = runner.run_notebook(args.notebook, profile=args.profile, overrides=overrides,
                                  output_dir=args.output_dir, timeout=args.timeout)
+    for warning in result.warnings:
+        print(f"[fernb] note: {warning}", file=sys.stderr)
     print(f"{result.notebook}: {result.seconds:.0f} s\n  notebook: {result.output}\n"
           f"  results:  {result.results_dir}")
     return 0
@@ -99,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (runner.ParameterError, FileNotFoundError, KeyError, ValueError) as err:
+    except (runner.RunInterrupted, KeyboardInterrupt):
+        print("fernb: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (runner.ParameterError, runner.ResultsBusy, FileNotFoundError, KeyError,
+            ValueError) as err:
         print(f"fernb: error: {err}", file=sys.stderr)
         return 2
     except (runner.NotebookError, RuntimeError) as err:

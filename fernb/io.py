@@ -37,7 +37,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (no NaN or Infinity, which other tools cannot read)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str,
+                                              allow_nan=False) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -12,7 +12,8 @@ import math
 import numbers
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -40,7 +41,10 @@ def _check_name(name: str) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """numpy/torch values -> plain Python, recursively, so metrics.json stays readable."""
+    """numpy/torch values -> plain Python, recursively, so metrics.json stays readable;
+    NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -48,7 +52,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return _jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return _jsonable(value.item())
     if isinstance(value, Path):
         return str(value)
     return value
@@ -156,19 +160,88 @@ def paper_results(chapter: str) -> dict[str, dict[str, Any]]:
     return data[chapter]
 
 
-def _format(value: Any) -> Any:
-    if isinstance(value, list):
-        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
-    return value
+COMPARISONS = ("exact", "direction", "significance", "value")
+VERDICTS = ("exact", "same direction", "close", "differs", "needs real data", "not measured")
 
 
-def paper_vs_book(chapter: str, measured: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per quantity the paper reports, with the book's value where measured.
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
-    ``measured`` maps keys of the chapter in ``paper_results.yaml`` to values in the paper's
-    units (accuracies in %). Columns: quantity, paper (``mean ± std`` where the paper gives
-    one), source, dataset, book, difference (book - paper, numbers only) and note; what was
-    not measured shows "-".
+
+def _format(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return MISSING if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    if isinstance(value, numbers.Real):
+        return MISSING if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _paired(value: Any, book: Any) -> list[tuple[float, float]] | None:
+    """(paper, book) number pairs of two scalars or two equal-length lists, else None."""
+    pv = value if isinstance(value, (list, tuple)) else [value]
+    bv = book if isinstance(book, (list, tuple)) else [book]
+    if len(pv) != len(bv) or not all(_number(v) for v in [*pv, *bv]):
+        return None
+    return list(zip(pv, bv))
+
+
+def verdict(entry: Mapping[str, Any], book: Any, *, real_data: bool = False) -> str:
+    """How the book's value relates to the paper's, by the entry's ``compare`` kind.
+
+    * ``exact`` (architecture facts: parameter counts, worked examples): "exact" when equal
+      within ``tolerance`` (default 0), else "differs".
+    * ``significance`` (p-values): "same direction" when both are below ``alpha`` (0.05) or
+      both are not, else "differs".
+    * ``direction`` (a ratio or difference with a neutral ``threshold``): "same direction"
+      when both lie on the same side of it, else "differs".
+    * ``value`` (accuracies and errors on a real dataset): "needs real data" for a run on
+      synthetic data; on the paper's dataset "close" within ``tolerance`` (default: the
+      paper's std, else 2 points), else "differs".
+    """
+    if isinstance(book, str) and book == MISSING or book is None:
+        return "not measured"
+    kind = entry.get("compare", "value")
+    if kind not in COMPARISONS:
+        raise ValueError(f"compare must be one of {COMPARISONS}, got {kind!r}")
+    if kind == "value" and not real_data:
+        return "needs real data"
+    pairs = _paired(entry["value"], book)
+    if pairs is None:
+        equal = _format(entry["value"]) == _format(book)
+        return "exact" if kind == "exact" and equal else "differs"
+    if kind == "exact":
+        tol = entry.get("tolerance", 0)
+        return "exact" if all(abs(p - b) <= tol for p, b in pairs) else "differs"
+    if kind == "significance":
+        alpha = entry.get("alpha", 0.05)
+        return "same direction" if all((p < alpha) == (b < alpha) for p, b in pairs) \
+            else "differs"
+    if kind == "direction":
+        t = entry["threshold"]
+        return "same direction" if all((p > t) == (b > t) for p, b in pairs) else "differs"
+    tol = entry.get("tolerance", entry.get("std", 2.0))
+    return "close" if all(abs(p - b) <= tol for p, b in pairs) else "differs"
+
+
+def paper_vs_book(chapter: str, measured: Mapping[str, Any], *,
+                  real_data: bool = False) -> pd.DataFrame:
+    """The reader's *paper vs this book* table: one row per number the paper reports,
+    grouped by the paper's table or figure.
+
+    Args:
+        chapter: a chapter of ``paper_results.yaml`` (e.g. ``"esr"``).
+        measured: this run's values by key, in the paper's units (accuracies in %).
+        real_data: the run used the paper's dataset, so accuracies are comparable in value.
+
+    Returns:
+        A DataFrame indexed by (``where``, ``quantity``) with columns ``paper`` (``mean ±
+        std`` where the paper gives one), ``this run``, ``verdict`` (see :func:`verdict`) and
+        ``note`` (the paper's dataset, and where its own numbers disagree).
     """
     entries = paper_results(chapter)
     unknown = sorted(set(measured) - set(entries))
@@ -177,12 +250,44 @@ def paper_vs_book(chapter: str, measured: Mapping[str, Any]) -> pd.DataFrame:
                          f"known: {sorted(entries)}")
     rows = []
     for key, e in entries.items():
-        value, book = e["value"], measured.get(key, MISSING)
-        paper = f"{value} ± {e['std']}" if "std" in e else _format(value)
-        numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                      and math.isfinite(v) for v in (value, book))
-        rows.append({"key": key, "quantity": e["quantity"], "paper": paper,
-                     "source": e["source"], "dataset": e["dataset"], "book": _format(book),
-                     "difference": round(float(book) - float(value), 6) if numeric else MISSING,
-                     "note": e.get("note", "")})
-    return pd.DataFrame(rows).set_index("key")
+        book = measured.get(key)
+        paper = _format(e["value"]) + (f" ± {_format(e['std'])}" if "std" in e else "")
+        note = e["dataset"] + (f"; {e['note']}" if e.get("note") else "")
+        rows.append({"where": e["source"], "quantity": e["quantity"], "paper": paper,
+                     "this run": MISSING if book is None else _format(book),
+                     "verdict": verdict(e, MISSING if book is None else book,
+                                        real_data=real_data),
+                     "note": note})
+    table = pd.DataFrame(rows)
+    order = {w: i for i, w in enumerate(dict.fromkeys(table["where"]))}
+    table = table.sort_values("where", key=lambda c: c.map(order), kind="stable")
+    return table.set_index(["where", "quantity"])
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a paper checked on this run: ``holds`` is None when the run cannot test
+    it (e.g. a strategy left out of the grid); ``evidence`` gives the numbers."""
+
+    claim: str
+    source: str
+    holds: bool | None
+    evidence: str = ""
+
+
+def claims_table(claims: Sequence[Claim]) -> pd.DataFrame:
+    """The claims of a paper, whether each holds in this run ("yes", "no" or "not tested")
+    and the numbers that decide it."""
+    answer = {True: "yes", False: "no", None: "not tested"}
+    return pd.DataFrame([{"claim": c.claim, "where": c.source,
+                          "holds in this run": answer[None if c.holds is None else bool(c.holds)],
+                          "evidence": c.evidence} for c in claims]).set_index("claim")
+
+
+def glue(name: str, value: Any, fmt: str | None = None) -> Any:
+    """Make ``value`` citable in the chapter's Markdown as ``{glue:text}`name``` (myst-nb);
+    ``fmt`` (e.g. ``".1f"``) formats a number into text first. Returns the glued value."""
+    from myst_nb import glue as _glue
+    shown = format(value, fmt) if fmt is not None else value
+    _glue(name, shown, display=False)
+    return shown

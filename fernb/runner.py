@@ -1,42 +1,65 @@
 """Profiles, parameter validation, papermill execution and the book build.
 
 Data flow: a profile (``book/profiles/<name>.yaml``, notebook -> parameters) plus the user's
-``-p NAME VALUE`` overrides are validated against the notebook's ``parameters`` cell, then
-papermill executes ``notebooks/<name>.ipynb`` (cwd ``notebooks/``, kernel ``python3``). The
-executed copy goes to ``book/_generated/`` (parameter cells tagged ``remove-input``) and the
-notebook writes its tables, figures and ``metrics.json`` to ``results/<profile>/<name>/``.
+``-p NAME VALUE`` overrides are checked against the notebook's ``parameters`` cell (names and
+types) and the chapter's declared value constraints (:mod:`fernb.params`), and a real
+dataset's folder against its layout, all before the kernel starts. Then, holding a lock on the
+results folder, papermill executes ``notebooks/<name>.ipynb`` (cwd ``notebooks/``, kernel
+``python3``); the notebook writes its tables, figures and ``metrics.json`` to
+``results/<profile>/<name>/``, and the executed copy, with a provenance line under its title
+and the parameter cells tagged ``remove-input``, goes next to them. Only ``fernb book``
+(:func:`run_book`) publishes executed copies to ``book/_generated/`` for the HTML book.
+``run.json`` records the parameters and ends as ``finished``, ``failed`` or ``interrupted``.
 """
 from __future__ import annotations
 
 import ast
+import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
+import platform
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import nbformat
 import papermill
 import yaml
 
+import fernb
 from fernb.io import atomic_write_json, atomic_write_text, read_json
+from fernb.params import ParameterError
 
 PROFILES = ("smoke", "cpu", "paper")
 RESERVED = ("results_dir",)
 REMOVE_INPUT_TAGS = ("parameters", "injected-parameters")
+ALLOW_STDERR_TAG = "allow-stderr"
+# The kernel's own log: errors only (ipykernel 7 warns about its local TCP sockets each run).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+PROVENANCE_TAG = "provenance"
 
-
-class ParameterError(ValueError):
-    """A parameter name or value that the notebook does not accept."""
+__all__ = ["NotebookError", "ParameterError", "ResultsBusy", "RunInterrupted", "run_book",
+           "run_notebook"]
 
 
 class NotebookError(RuntimeError):
     """A notebook cell raised; the message shows the cell and its error."""
+
+
+class RunInterrupted(RuntimeError):
+    """The run was stopped with Ctrl-C; what it finished is stored and a rerun resumes."""
+
+
+class ResultsBusy(RuntimeError):
+    """Another run holds the results folder (or the book)."""
 
 
 def project_root() -> Path:
@@ -176,25 +199,80 @@ def _check_data(params: dict[str, Any]) -> None:
                                  f"datasets'):\n{report.format()}")
 
 
+def check_values(stem: str, values: dict[str, Any], given: set[str] | None = None) -> None:
+    """The chapter's declared value constraints (:data:`fernb.studies.CHAPTERS`); chapters
+    without a declaration get the name and type checks only."""
+    from fernb.studies import chapter_rules
+    rules = chapter_rules(stem)
+    if rules is not None:
+        rules.check(values, given, chapter=stem)
+
+
 def _digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _prepare_results_dir(results_dir: Path, params: dict[str, Any]) -> None:
+def _jsonable(params: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(params, default=str))
+
+
+def _set_aside(results_dir: Path, stored: dict[str, Any]) -> Path:
+    """Move a run made with other parameters to ``NAME@<digest>`` (``@<digest>.2``... when
+    that name is taken: an older copy is never replaced)."""
+    base = f"{results_dir.name}@{stored.get('digest', 'previous')}"
+    target, n = results_dir.with_name(base), 1
+    while target.exists():
+        n += 1
+        target = results_dir.with_name(f"{base}.{n}")
+    results_dir.rename(target)
+    return target
+
+
+def _prepare_results_dir(results_dir: Path, params: dict[str, Any], profile: str,
+                         stem: str) -> dict[str, Any]:
     """Never silently overwrite a run made with other parameters (the notebook's defaults
-    included): move it aside, versioned."""
+    included): move it aside, versioned. Returns the new ``run.json`` record."""
     stored = read_json(results_dir / "run.json")
-    if stored is not None and stored.get("parameters") != json.loads(json.dumps(params,
-                                                                            default=str)):
-        old = results_dir.with_name(f"{results_dir.name}@{stored.get('digest', 'previous')}")
-        if old.exists():
-            shutil.rmtree(old)
-        results_dir.rename(old)
-        print(f"[fernb] parameters changed: the previous run of {results_dir.name} was kept "
-              f"at {old}", file=sys.stderr)
+    if stored is not None and stored.get("parameters") != _jsonable(params):
+        kept = _set_aside(results_dir, stored)
+        print(f"[fernb] parameters changed: the previous run of {results_dir.name} is kept "
+              f"at {kept}", file=sys.stderr)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_dir / "run.json", {"parameters": params, "digest": _digest(params),
-                                                 "status": "running"})
+    record = {"notebook": stem, "profile": profile, "parameters": _jsonable(params),
+              "digest": _digest(params), "status": "running", "pid": os.getpid(),
+              "host": socket.gethostname(), "started": _now()}
+    atomic_write_json(results_dir / "run.json", record)
+    return record
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def hold(folder: Path, what: str) -> Iterator[None]:
+    """Hold the lock of ``folder`` (a results folder, or the book) for this process; a second
+    run stops at once with a message naming the holder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(folder.parent / f".{folder.name}.lock", blocking=False)
+    holder = folder.parent / f".{folder.name}.lock.json"
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        info = read_json(holder, default={}) or {}
+        who = (f"process {info.get('pid', '?')} on {info.get('host', '?')} "
+               f"(`{info.get('command', '?')}`, started {info.get('started', '?')})")
+        raise ResultsBusy(f"{what} {folder} is in use by {who}; wait for that run to finish, "
+                          f"or choose another folder with --output-dir") from None
+    try:
+        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                   "command": " ".join(["fernb", *sys.argv[1:]])
+                                   if Path(sys.argv[0]).name == "fernb" else sys.argv[0],
+                                   "started": _now()})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def _failure_message(nb: nbformat.NotebookNode, name: str) -> str:
@@ -214,6 +292,51 @@ def _tag_parameter_cells(nb: nbformat.NotebookNode) -> None:
             tags.append("remove-input")
 
 
+def stderr_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """What executed cells wrote to stderr (warnings), one entry per cell, except in cells
+    tagged ``allow-stderr``."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or ALLOW_STDERR_TAG in cell.metadata.get("tags", []):
+            continue
+        text = "".join(o.get("text", "") for o in cell.get("outputs", [])
+                       if o.get("output_type") == "stream" and o.get("name") == "stderr")
+        if text.strip():
+            first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+            found.append(f"cell {index} ({first[:60]!r}...) wrote to stderr:\n{text.strip()}")
+    return found
+
+
+def _device_name(device: str) -> str:
+    import torch
+    if device in ("auto", "cuda") or device.startswith("cuda"):
+        if torch.cuda.is_available():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            return f"CUDA ({torch.cuda.get_device_name(index)})"
+    if device == "mps":
+        return "MPS"
+    return f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores)"
+
+
+def provenance(profile: str, changed: dict[str, Any], device: str) -> str:
+    """The line under a rendered chapter's title: profile, parameters that differ from the
+    notebook's defaults, device, versions and date."""
+    import torch
+    settings = (", ".join(f"`{k}={v!r}`" for k, v in changed.items()) if changed
+                else "none (the notebook's defaults)")
+    return (f"*This page was generated with the **{profile}** profile on "
+            f"{_dt.date.today().isoformat()}: device {_device_name(device)}; fernb "
+            f"{fernb.__version__}, torch {torch.__version__}. Parameters changed from the "
+            f"notebook's defaults: {settings}.*")
+
+
+def _insert_provenance(nb: nbformat.NotebookNode, line: str) -> None:
+    cell = nbformat.v4.new_markdown_cell(line)
+    cell.metadata["tags"] = [PROVENANCE_TAG]
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+    nb.cells.insert(first + 1, cell)
+
+
 @dataclass(frozen=True)
 class RunResult:
     notebook: str
@@ -221,38 +344,87 @@ class RunResult:
     results_dir: Path
     parameters: dict[str, Any]
     seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+def prepare(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
+            root: Path | None = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Every check that needs no kernel: the notebook, the profile, parameter names, types
+    and values, and a real dataset's layout. Returns the notebook path, the given values and
+    the effective parameters (defaults overridden by profile and user)."""
+    root = root or project_root()
+    path = resolve_notebook(name, root)
+    given = {**load_profile(profile, root).get(path.stem, {}), **(overrides or {})}
+    reserved = [k for k in given if k in RESERVED]
+    if reserved:
+        raise ParameterError(f"{reserved} is set by the runner; use --output-dir instead")
+    params = validate_parameters(path, given)
+    defaults = {n: p.default for n, p in notebook_parameters(path).items() if n not in RESERVED}
+    effective = defaults | params
+    # A parameter the chosen dataset ignores is an error when the user set it; a profile's
+    # value for another dataset (e.g. the smoke profile's n_subjects) is not the user's.
+    check_values(path.stem, effective, set(overrides or ()))
+    _check_data(effective)
+    return path, params, effective
 
 
 def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
                  output_dir: Path | None = None, notebook_dir: Path | None = None,
-                 timeout: int = 3600, root: Path | None = None,
-                 progress: bool = True) -> RunResult:
-    """Validate, execute and post-process one notebook; raise NotebookError on a failed cell.
+                 timeout: int = 3600, root: Path | None = None, progress: bool = True,
+                 strict: bool = False) -> RunResult:
+    """Check, execute and post-process one notebook.
 
     Args:
         name: notebook name, e.g. ``"01_esr"``.
         profile: ``book/profiles/<profile>.yaml`` to take parameters from.
         overrides: user parameters that win over the profile's (``-p NAME VALUE``).
         output_dir: results folder; default ``results/<profile>/<name>``.
-        notebook_dir: where the executed notebook goes; default ``book/_generated``.
+        notebook_dir: where the executed notebook goes; default the results folder
+            (``fernb book`` passes ``book/_generated``).
         timeout: per-cell timeout in seconds.
+        strict: fail when a cell writes to stderr (a warning), as the book build does;
+            otherwise such output is returned in ``RunResult.warnings``.
+
+    Raises:
+        ParameterError: a bad name, type or value, or a dataset folder with the wrong
+            layout, before the kernel starts.
+        ResultsBusy: another run holds the results folder.
+        NotebookError: a cell failed (its source and error are in the message).
+        RunInterrupted: Ctrl-C; finished work is stored and a rerun resumes.
     """
     root = root or project_root()
-    path = resolve_notebook(name, root)
+    path, params, effective = prepare(name, profile=profile, overrides=overrides, root=root)
     stem = path.stem
-    given = {**load_profile(profile, root).get(stem, {}), **(overrides or {})}
-    reserved = [k for k in given if k in RESERVED]
-    if reserved:
-        raise ParameterError(f"{reserved} is set by the runner; use --output-dir instead")
-    params = validate_parameters(path, given)
-    _check_data(params)
     results_dir = Path(output_dir or root / "results" / profile / stem).resolve()
-    effective = {name: p.default for name, p in notebook_parameters(path).items()
-                 if name not in RESERVED} | params
-    _prepare_results_dir(results_dir, effective)
-    generated = Path(notebook_dir or root / "book" / "_generated") / f"{stem}.ipynb"
-    generated.parent.mkdir(parents=True, exist_ok=True)
+    with hold(results_dir, "the results folder"):
+        record = _prepare_results_dir(results_dir, effective, profile, stem)
+        status, error = "failed", None
+        try:
+            result = _execute(path, params, effective, results_dir, profile, root, timeout,
+                              progress, strict, notebook_dir)
+            status = "finished"
+            record["seconds"] = round(result.seconds, 1)
+            return result
+        except RunInterrupted:
+            status = "interrupted"
+            raise
+        except BaseException as err:
+            error = f"{type(err).__name__}: {err}"[:2000]
+            raise
+        finally:
+            record.update(status=status, finished=_now())
+            if error:
+                record["error"] = error
+            atomic_write_json(results_dir / "run.json", record)
+
+
+def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], results_dir: Path,
+             profile: str, root: Path, timeout: int, progress: bool, strict: bool,
+             notebook_dir: Path | None) -> RunResult:
+    stem = path.stem
+    output = Path(notebook_dir or results_dir) / f"{stem}.ipynb"
     scratch = results_dir / f".{stem}.running.ipynb"
+    failed = results_dir / "failed.ipynb"
     env_backup = os.environ.pop("MPLBACKEND", None)  # Agg would make glued figures vanish
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
                                           os.environ.get("PATH", "")])
@@ -261,38 +433,58 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
         papermill.execute_notebook(
             str(path), str(scratch), parameters={**params, "results_dir": str(results_dir)},
             kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
-            progress_bar=progress, request_save_on_cell_execute=False)
-    except papermill.PapermillExecutionError:
-        nb = nbformat.read(scratch, as_version=4)
-        failed = results_dir / "failed.ipynb"
-        scratch.replace(failed)
+            progress_bar=progress, request_save_on_cell_execute=False,
+            extra_arguments=KERNEL_ARGUMENTS)
+    except KeyboardInterrupt:
+        _keep(scratch, failed)
+        raise RunInterrupted(f"{stem} interrupted; rerun the same command to resume") from None
+    except papermill.PapermillExecutionError as err:
+        _keep(scratch, failed)
+        if err.ename == "KeyboardInterrupt":
+            raise RunInterrupted(f"{stem} interrupted; rerun the same command to "
+                                 f"resume") from None
+        nb = nbformat.read(failed, as_version=4)
         raise NotebookError(_failure_message(nb, stem) + f"\n(executed copy: {failed})") from None
     except Exception as err:  # a cell timeout or a dead kernel
-        if scratch.exists():
-            scratch.replace(results_dir / "failed.ipynb")
+        _keep(scratch, failed)
         raise NotebookError(f"notebook {stem} failed: {type(err).__name__}: {err}") from err
     finally:
         if env_backup is not None:
             os.environ["MPLBACKEND"] = env_backup
     seconds = time.perf_counter() - start
     nb = nbformat.read(scratch, as_version=4)
+    warnings = tuple(stderr_outputs(nb))
+    if strict and warnings:
+        _keep(scratch, failed)
+        raise NotebookError(f"notebook {stem} wrote warnings, which a reader would see "
+                            f"(tag a cell '{ALLOW_STDERR_TAG}' if that is intended):\n"
+                            + "\n".join(warnings) + f"\n(executed copy: {failed})")
+    defaults = {n: p.default for n, p in notebook_parameters(path).items() if n not in RESERVED}
+    changed = {k: v for k, v in effective.items() if defaults.get(k) != v}
+    _insert_provenance(nb, provenance(profile, changed, str(effective.get("device", "cpu"))))
     _tag_parameter_cells(nb)
-    atomic_write_text(generated, nbformat.writes(nb))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, nbformat.writes(nb))
     scratch.unlink()
-    (results_dir / "failed.ipynb").unlink(missing_ok=True)
-    atomic_write_json(results_dir / "run.json", {
-        "notebook": stem, "profile": profile, "parameters": effective,
-        "digest": _digest(effective),
-        "status": "finished", "seconds": round(seconds, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return RunResult(stem, generated, results_dir, params, seconds)
+    failed.unlink(missing_ok=True)
+    return RunResult(stem, output, results_dir, params, seconds, warnings)
 
 
-def build_book(root: Path | None = None) -> None:
+def _keep(scratch: Path, failed: Path) -> None:
+    if scratch.exists():
+        scratch.replace(failed)
+
+
+def build_book(root: Path | None = None, config: Path | None = None,
+               output: Path | None = None) -> None:
     """``jupyter-book build`` with execution off; any warning or error fails the build."""
     root = root or project_root()
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
            "--warningiserror", "--keep-going"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if output is not None:
+        cmd += ["--path-output", str(output)]
     if not Path(cmd[0]).exists():
         cmd[0] = "jupyter-book"
     done = subprocess.run(cmd, cwd=root)
@@ -302,32 +494,36 @@ def build_book(root: Path | None = None) -> None:
 
 def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool = True,
              root: Path | None = None, timeout: int = 3600) -> list[RunResult]:
-    """Run every chapter (or ``only`` those) with the profile, then build the HTML book.
+    """Run every chapter (or ``only`` those) with the profile, publish the executed copies to
+    ``book/_generated/`` and build the HTML book.
 
-    Every requested notebook is attempted; if any fails, the failures are reported together
+    Every requested notebook is checked before any runs, then each is attempted; if any
+    fails (an exception, or a warning printed in a cell), the failures are reported together
     and the book is not built.
     """
     root = root or project_root()
     names = only or notebook_names(root)
     for n in names:
-        resolve_notebook(n, root)
+        prepare(n, profile=profile, root=root)
+    generated = root / "book" / "_generated"
     results, failures = [], []
-    for n in names:
-        print(f"[fernb] running {n} with profile {profile!r}", file=sys.stderr)
-        try:
-            results.append(run_notebook(n, profile=profile, root=root, timeout=timeout))
-            print(f"[fernb] {n} done in {results[-1].seconds:.0f} s", file=sys.stderr)
-        except NotebookError as err:
-            failures.append(str(err))
-    if failures:
-        raise NotebookError("\n\n".join(failures))
-    if build:
-        missing = [n for n in notebook_names(root)
-                   if not (root / "book" / "_generated" / f"{n}.ipynb").exists()]
-        if missing:
-            raise NotebookError(f"cannot build the book: chapters never run: {missing}; "
-                                f"run `fernb book --profile {profile}` without --only")
-        build_book(root)
-        print(f"[fernb] book built: open {root / '_build' / 'html' / 'index.html'}",
-              file=sys.stderr)
+    with hold(generated, "the book"):
+        for n in names:
+            print(f"[fernb] running {n} with profile {profile!r}", file=sys.stderr)
+            try:
+                results.append(run_notebook(n, profile=profile, root=root, timeout=timeout,
+                                            notebook_dir=generated, strict=True))
+                print(f"[fernb] {n} done in {results[-1].seconds:.0f} s", file=sys.stderr)
+            except NotebookError as err:
+                failures.append(str(err))
+        if failures:
+            raise NotebookError("\n\n".join(failures))
+        if build:
+            missing = [n for n in notebook_names(root) if not (generated / f"{n}.ipynb").exists()]
+            if missing:
+                raise NotebookError(f"cannot build the book: chapters never run: {missing}; "
+                                    f"run `fernb book --profile {profile}` without --only")
+            build_book(root)
+            print(f"[fernb] book built: open {root / '_build' / 'html' / 'index.html'}",
+                  file=sys.stderr)
     return results

@@ -104,25 +104,70 @@ def test_paper_results_yaml_is_complete():
         paper_results("nope")
 
 
-def test_paper_vs_book_rows():
-    table = paper_vs_book("esr", {"single_accuracy": 84.0, "single_params": 131208})
-    assert list(table.columns) == ["quantity", "paper", "source", "dataset", "book",
-                                   "difference", "note"]
+def test_paper_vs_book_rows_and_verdicts():
+    table = paper_vs_book("esr", {"single_accuracy": 84.0, "single_params": 131208,
+                                  "te_params": 500000, "ttest_te_lvl3": 0.3,
+                                  "ttest_single_te": 0.2, "first_update_ratio": 1.4})
+    assert list(table.columns) == ["paper", "this run", "verdict", "note"]
+    assert table.index.names == ["where", "quantity"]
     assert len(table) == len(paper_results("esr"))
-    row = table.loc["single_accuracy"]
-    assert (row["paper"], row["source"], row["book"]) == ("85.5 ± 3.5", "Table 1", 84.0)
-    assert row["difference"] == pytest.approx(-1.5)
-    assert table.loc["single_params", "difference"] == 0
-    assert table.loc["te_accuracy", "book"] == "-" and table.loc["te_accuracy", "difference"] == "-"
+    rows = table.reset_index().set_index("quantity")
+    single = rows.loc["Single network, test accuracy (%)"]
+    assert (single["where"], single["paper"], single["this run"]) == ("Table 1", "85.5 ± 3.5", "84")
+    assert single["verdict"] == "needs real data"
+    assert rows.loc["Single network, trainable parameters", "this run"] == "131,208"
+    assert rows.loc["Single network, trainable parameters", "verdict"] == "exact"
+    assert rows.loc["Traditional ensemble of 4, trainable parameters", "verdict"] == "differs"
+    assert rows.loc["Paired t-test p, TE vs ESR-4 Lvl. 3", "verdict"] == "same direction"
+    assert rows.loc["Paired t-test p, Single Network vs TE", "verdict"] == "differs"
+    assert rows.loc["ESR / TE accuracy after the first update of a new branch",
+                    "verdict"] == "same direction"
+    assert rows.loc["Traditional ensemble of 4, test accuracy (%)", "verdict"] == "not measured"
+    # grouped by the paper's table or figure, in the order the yaml first names them
+    wheres = list(dict.fromkeys(table.index.get_level_values("where")))
+    assert list(table.index.get_level_values("where")) == [
+        w for w in wheres for _ in range((table.index.get_level_values("where") == w).sum())]
     with pytest.raises(ValueError, match="unknown quantities"):
         paper_vs_book("esr", {"accuracy": 1.0})
 
 
+def test_verdicts_by_kind():
+    assert report.verdict({"value": 32, "compare": "exact", "tolerance": 0.5}, 32.3) == "exact"
+    assert report.verdict({"value": 32, "compare": "exact"}, 32.3) == "differs"
+    assert report.verdict({"value": 85.5, "std": 3.5}, 83.0) == "needs real data"
+    assert report.verdict({"value": 85.5, "std": 3.5}, 83.0, real_data=True) == "close"
+    assert report.verdict({"value": 85.5, "std": 3.5}, 80.0, real_data=True) == "differs"
+    assert report.verdict({"value": 2.0, "compare": "direction", "threshold": 1.0},
+                          0.9) == "differs"
+    assert report.verdict({"value": 0.004, "compare": "significance"}, 0.01) == "same direction"
+    assert report.verdict({"value": [8.7, 0], "compare": "exact"}, [8.7, 0.0]) == "exact"
+    assert report.verdict({"value": "AN", "compare": "exact"}, "AN") == "exact"
+    assert report.verdict({"value": 3}, None) == "not measured"
+    with pytest.raises(ValueError, match="compare"):
+        report.verdict({"value": 1, "compare": "roughly"}, 1)
+
+
 def test_paper_vs_book_list_values():
     table = paper_vs_book("faml_t2v", {"table3_t2v_output": [8.7, 0.0, 0.0, 7.7, 0.0, 1.0, 0.0]})
-    row = table.loc["table3_t2v_output"]
-    assert row["paper"] == "[8.7, 0, 0, 7.7, 0, 1, 0]"
-    assert row["difference"] == "-"
+    row = table.xs("T2V output of six networks on one \"Anger\" image", level="quantity").iloc[0]
+    assert row["paper"] == "8.7, 0, 0, 7.7, 0, 1, 0" and row["verdict"] == "exact"
+
+
+def test_claims_table():
+    table = report.claims_table([report.Claim("ensembles win", "Table 1", True, "89 > 85"),
+                                 report.Claim("level 3 best", "Fig. 4", False),
+                                 report.Claim("frozen worst", "Fig. 4", None)])
+    assert list(table["holds in this run"]) == ["yes", "no", "not tested"]
+    assert table.loc["ensembles win", "evidence"] == "89 > 85"
+
+
+def test_metrics_write_null_for_nan(tmp_path):
+    rep = Report(tmp_path)
+    rep.metrics(score=float("nan"), scores=[1.0, np.float32("nan")], p=np.float64("inf"))
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    stored = json.loads(text)
+    assert stored["score"] is None and stored["scores"] == [1.0, None] and stored["p"] is None
 
 
 def test_yaml_t2v_example_matches_the_rule():

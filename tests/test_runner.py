@@ -82,24 +82,37 @@ def test_unknown_profile_and_notebook(project: Path) -> None:
 
 
 @pytest.mark.notebook
-def test_run_writes_outputs_and_versions_on_parameter_change(project: Path) -> None:
+def test_run_writes_outputs_and_versions_on_parameter_change(project: Path, capsys) -> None:
     result = runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
     out = project / "results" / "smoke" / "00_demo"
     assert json.loads((out / "metrics.json").read_text()) == {"epochs": 1, "lr": 0.1}
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"] == {"epochs": 1, "lr": 0.1, "name": "synth-lab",
                                  "use_cuda": False, "sizes": [48, 96]}
-    assert result.results_dir == out
-    nb = nbformat.read(project / "book" / "_generated" / "00_demo.ipynb", as_version=4)
+    assert run["status"] == "finished" and run["seconds"] >= 0
+    assert result.results_dir == out and result.output == out / "00_demo.ipynb"
+    assert not (project / "book" / "_generated").exists(), "only `fernb book` publishes"
+    nb = nbformat.read(result.output, as_version=4)
     tagged = [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"]
     assert ["parameters", "remove-input"] in tagged
     assert any("injected-parameters" in t and "remove-input" in t for t in tagged)
+    line = nb.cells[1].source  # right under the title
+    assert nb.cells[1].metadata["tags"] == ["provenance"]
+    assert "**smoke** profile" in line and "`epochs=1`" in line and "torch" in line
 
     runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 5}, root=project,
                         progress=False)
     previous = out.with_name(f"00_demo@{run['digest']}")
     assert json.loads((previous / "metrics.json").read_text())["epochs"] == 1
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 5
+    # Back to epochs=1 and on to epochs=5 again: the first copy set aside is never replaced.
+    runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 1}, root=project,
+                        progress=False)
+    runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 5}, root=project,
+                        progress=False)
+    assert (previous.with_name(previous.name + ".2") / "metrics.json").exists()
+    assert json.loads((previous / "metrics.json").read_text())["epochs"] == 1
+    assert "is kept at" in capsys.readouterr().err
 
 
 @pytest.mark.notebook
@@ -108,8 +121,10 @@ def test_failing_notebook_shows_the_cell_and_error(project: Path) -> None:
         runner.run_notebook("01_broken", profile="smoke", root=project, progress=False)
     message = str(err.value)
     assert "raise ValueError('boom')" in message and "ValueError: boom" in message
-    assert (project / "results" / "smoke" / "01_broken" / "failed.ipynb").exists()
-    assert not (project / "book" / "_generated" / "01_broken.ipynb").exists()
+    out = project / "results" / "smoke" / "01_broken"
+    assert (out / "failed.ipynb").exists() and not (out / "01_broken.ipynb").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and "boom" in run["error"]
 
 
 @pytest.mark.notebook
@@ -119,6 +134,7 @@ def test_book_exits_non_zero_on_a_failing_notebook(project: Path, monkeypatch, c
     assert code == 1
     assert "ValueError: boom" in capsys.readouterr().err
     assert (project / "book" / "_generated" / "00_demo.ipynb").exists()
+    assert not (project / "book" / "_generated" / "01_broken.ipynb").exists()
 
 
 def test_cli_bogus_parameter_fails_fast(project: Path, monkeypatch, capsys) -> None:
@@ -141,4 +157,80 @@ def test_a_cell_timeout_is_reported_not_raised_raw(project: Path) -> None:
     _notebook(project / "notebooks" / "02_slow.ipynb", "import time\ntime.sleep(30)")
     with pytest.raises(runner.NotebookError, match="02_slow failed: .*Timeout"):
         runner.run_notebook("02_slow", profile="smoke", root=project, progress=False, timeout=2)
-    assert not (project / "book" / "_generated" / "02_slow.ipynb").exists()
+    out = project / "results" / "smoke" / "02_slow"
+    assert not (out / "02_slow.ipynb").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.notebook
+def test_a_warning_fails_a_strict_run_and_is_reported_otherwise(project: Path) -> None:
+    _notebook(project / "notebooks" / "03_warns.ipynb",
+              "import warnings\nwarnings.warn('mean of empty slice')")
+    with pytest.raises(runner.NotebookError, match="(?s)wrote to stderr.*empty slice"):
+        runner.run_notebook("03_warns", profile="smoke", root=project, progress=False,
+                            strict=True)
+    result = runner.run_notebook("03_warns", profile="smoke", root=project, progress=False)
+    assert len(result.warnings) == 1 and "empty slice" in result.warnings[0]
+
+
+@pytest.mark.notebook
+def test_a_cell_tagged_allow_stderr_may_warn(project: Path) -> None:
+    path = project / "notebooks" / "03_warns.ipynb"
+    _notebook(path, "import warnings\nwarnings.warn('expected')")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].metadata["tags"] = ["allow-stderr"]
+    nbformat.write(nb, path)
+    assert runner.run_notebook("03_warns", profile="smoke", root=project, progress=False,
+                               strict=True).warnings == ()
+
+
+def test_a_second_run_on_the_same_results_folder_stops_naming_the_holder(project: Path
+                                                                        ) -> None:
+    out = project / "results" / "smoke" / "00_demo"
+    with runner.hold(out, "the results folder"):
+        with pytest.raises(runner.ResultsBusy, match=r"in use by process \d+ on"):
+            runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
+    assert not (out / "run.json").exists(), "the second run must not touch the folder"
+    with runner.hold(out, "the results folder"):
+        pass  # released: a later run may take it
+
+
+def test_the_lock_is_held_across_processes(project: Path) -> None:
+    import subprocess
+    import sys
+    out = project / "results" / "smoke" / "00_demo"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from fernb import runner\n"
+         f"with runner.hold(Path({str(out)!r}), 'x'):\n"
+         "    print('held', flush=True)\n    time.sleep(30)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(runner.ResultsBusy, match=f"process {holder.pid}"):
+            runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.notebook
+def test_ctrl_c_marks_the_run_interrupted(project: Path, monkeypatch) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.papermill, "execute_notebook", interrupt)
+    with pytest.raises(runner.RunInterrupted, match="rerun the same command to resume"):
+        runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
+    run = json.loads((project / "results" / "smoke" / "00_demo" / "run.json").read_text())
+    assert run["status"] == "interrupted"
+
+
+def test_cli_prints_one_line_on_ctrl_c(project: Path, monkeypatch, capsys) -> None:
+    def interrupt(*args, **kwargs):
+        raise runner.RunInterrupted("00_demo interrupted")
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(runner, "run_notebook", interrupt)
+    assert cli.main(["run", "00_demo", "--profile", "smoke"]) == 130
+    assert capsys.readouterr().err == "fernb: interrupted; rerun the same command to resume\n"

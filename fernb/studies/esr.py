@@ -30,8 +30,69 @@ from fernb.ensemble import plurality_vote
 from fernb.evaluate import predict
 from fernb.explain import gradcam
 from fernb.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from fernb.data.transforms import AUGMENTATIONS
 from fernb.models.esr import ESR, single_network, traditional_ensemble
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, DatasetName, Device,
+                          ListOf, MappingOf, Range, Rules, dataset_rules, relation)
 from fernb.train import STRATEGIES, History, fit, train_bagging, train_esr
+
+LAB_DATASETS = ("synth-lab", "synth-wild", "ckplus", "jaffe", "folder")
+# ESR-9's affect fine-tuning needs valence and arousal labels.
+WILD_DATASETS = ("synth-wild", "affectnet", "folder")
+_LAB_RELATIONS, _LAB_UNUSED = dataset_rules("dataset", "data_root", ("n_subjects",))
+_WILD_RELATIONS, _WILD_UNUSED = dataset_rules("wild_dataset", "wild_root", ("wild_subjects",))
+
+
+def _saliency_ok(v: Mapping) -> bool:
+    run = v["saliency_run"]
+    return (isinstance(run, (list, tuple)) and len(run) == 2 and run[0] != "interleaved"
+            and run[1] in v["grid"].get(run[0], ()))
+
+
+PARAMETERS = Rules(
+    values={
+        "dataset": DatasetName(LAB_DATASETS), "n_subjects": Range(4, 10_000, integer=True),
+        "image_size": Range(48, 224, integer=True), "width": Range(0, 4, open_low=True),
+        "n_folds": Range(3, 100, integer=True), "n_train_folds": POSITIVE_INT,
+        "trials": ListOf(Range(0, integer=True), unique=True),
+        "grid": MappingOf(Choice(*STRATEGIES), ListOf(Range(1, 5, integer=True), unique=True)),
+        "epochs": POSITIVE_INT, "lr": LEARNING_RATE, "lr_trained": LEARNING_RATE,
+        "lr_step": POSITIVE_INT, "batch_size": POSITIVE_INT, "augment": Choice(*AUGMENTATIONS),
+        "milestones": ListOf(POSITIVE_INT, unique=True),
+        "wild_dataset": DatasetName(WILD_DATASETS), "wild_subjects": Range(4, 10_000, integer=True),
+        "wild_size": Range(56, 224, integer=True), "wild_width": Range(0, 4, open_low=True),
+        "wild_branches": Range(1, 32, integer=True), "wild_per_class": POSITIVE_INT,
+        "wild_epochs_first": POSITIVE_INT, "wild_epochs": POSITIVE_INT,
+        "wild_lr": LEARNING_RATE, "wild_lr_trained": LEARNING_RATE,
+        "wild_lr_step": POSITIVE_INT, "wild_augment": Choice(*AUGMENTATIONS),
+        "affect_epochs": POSITIVE_INT, "seed": SEED, "device": Device(),
+    },
+    relations=[
+        *_LAB_RELATIONS, *_WILD_RELATIONS,
+        relation(("n_train_folds", "n_folds"), lambda v: v["n_train_folds"] <= v["n_folds"] - 2,
+                 lambda v: f"n_train_folds = {v['n_train_folds']} leaves no test and "
+                           f"validation fold out of n_folds = {v['n_folds']}: it must be at "
+                           f"most n_folds - 2 = {v['n_folds'] - 2}"),
+        relation(("trials", "n_folds"), lambda v: max(v["trials"]) < v["n_folds"],
+                 lambda v: f"trials = {v['trials']}: a trial is a test fold, so each must be "
+                           f"in 0..{v['n_folds'] - 1} (n_folds = {v['n_folds']})"),
+        relation(("n_subjects", "n_folds", "dataset"),
+                 lambda v: v["dataset"] not in ("synth-lab", "synth-wild")
+                 or v["n_subjects"] >= v["n_folds"],
+                 lambda v: f"n_subjects = {v['n_subjects']} cannot fill n_folds = "
+                           f"{v['n_folds']} subject-independent folds: use at least "
+                           f"{v['n_folds']} subjects"),
+        relation(("milestones", "epochs"), lambda v: max(v["milestones"]) <= v["epochs"],
+                 lambda v: f"milestones = {v['milestones']} are epochs of a new branch, so "
+                           f"each must be in 1..epochs ({v['epochs']})"),
+        relation(("saliency_run", "grid"), _saliency_ok,
+                 lambda v: f"saliency_run = {v['saliency_run']} must be [strategy, level] of "
+                           f"a run in grid = {v['grid']} whose branches are added one at a "
+                           f"time (not 'interleaved'); e.g. "
+                           f"{[next(iter(v['grid'])), next(iter(v['grid'].values()))[0]]}"),
+    ],
+    unused=[*_LAB_UNUSED, *_WILD_UNUSED],
+)
 
 @dataclass(frozen=True)
 class Run:

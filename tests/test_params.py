@@ -1,0 +1,129 @@
+"""Declared value constraints: every bad value is rejected, by name, before a kernel starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fernb import cli, runner
+from fernb.params import (Choice, DatasetName, Device, ListOf, MappingOf, ParameterError,
+                          Range, Rules, relation)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_range_choice_list_mapping_messages():
+    assert Range(48, 224, integer=True).problem(7) == "an integer in 48..224"
+    assert Range(48, 224, integer=True).problem(64) is None
+    assert Range(48, 224, integer=True).problem(64.0) is not None
+    assert Range(1, integer=True).problem(0) == "an integer >= 1"
+    assert Range(0, 10, open_low=True).problem(0.0) == "a number > 0 and <= 10"
+    assert Range(0, 1).problem(float("nan")) is not None
+    assert Range(0, 1).problem(True) is not None
+    assert Choice("a", "b").problem("c") == "one of 'a', 'b'"
+    trials = ListOf(Range(0, integer=True), unique=True)
+    assert trials.problem([]) is not None and trials.problem([1, 1]) is not None
+    assert trials.problem([0, 2]) is None and "'x' is not" in trials.problem([0, "x"])
+    grid = MappingOf(Choice("varied", "frozen"), ListOf(Range(1, 5, integer=True)))
+    assert grid.problem({"varied": [3]}) is None
+    assert "key 'nope'" in grid.problem({"nope": [3]})
+    assert "value of 'varied'" in grid.problem({"varied": [9]})
+
+
+def test_device_must_exist_here():
+    assert Device().problem("auto") is None and Device().problem("cpu") is None
+    assert "'auto', 'cpu', 'cuda'" in Device().problem("tpu")
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in Device().problem("cuda")
+        assert "no CUDA GPU" in Device().problem("cuda:1")
+
+
+def test_dataset_names_come_from_the_registry():
+    assert DatasetName().problem("synth-lab") is None
+    assert "ckplus" in DatasetName().problem("nosuch")
+    assert DatasetName(("synth-lab",)).problem("ckplus") == "one of synth-lab"
+
+
+def test_rules_report_every_problem_at_once():
+    rules = Rules({"epochs": Range(1, integer=True), "milestones": ListOf(Range(1, integer=True))},
+                  [relation(("milestones", "epochs"),
+                            lambda v: max(v["milestones"]) <= v["epochs"],
+                            lambda v: f"milestones {v['milestones']} beyond epochs")])
+    with pytest.raises(ParameterError) as err:
+        rules.check({"epochs": 0, "milestones": [0]})
+    text = str(err.value)
+    assert "epochs = 0: must be an integer >= 1" in text
+    assert "milestones = [0]" in text and "beyond" not in text  # relation skipped
+    with pytest.raises(ParameterError, match="milestones \\[9\\] beyond epochs"):
+        rules.check({"epochs": 3, "milestones": [9]})
+    rules.check({"epochs": 3, "milestones": [3]})
+    rules.check_notebook({"epochs": 3, "milestones": [3], "np": object()})
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("image_size", "7", r"image_size = 7: must be an integer in 48\.\.224"),
+    ("epochs", "0", r"epochs = 0: must be an integer >= 1"),
+    ("device", "tpu", r"device = 'tpu': must be 'auto', 'cpu', 'cuda'"),
+    ("dataset", "nosuch", r"dataset = 'nosuch': must be one of ckplus"),
+    ("trials", "[]", r"trials = \[\]: must be a list of at least 1"),
+    ("trials", "[7]", r"trials = \[7\]: a trial is a test fold, so each must be in 0\.\.5"),
+    ("milestones", "[1, 9]", r"milestones = \[1, 9\] .* 1\.\.epochs \(6\)"),
+    ("n_train_folds", "5", r"n_train_folds = 5 leaves no test and validation fold"),
+    ("saliency_run", "[frozen, 4]", r"saliency_run = \['frozen', 4\] must be"),
+    ("data_root", "/tmp", r"data_root = '/tmp' is not used by dataset = 'synth-lab'"),
+    ("grid", "{fixed: [0]}", r"grid = \{'fixed': \[0\]\}: must be a mapping"),
+])
+def test_esr_chapter_rejects_bad_values_before_the_kernel(name, value, expected, tmp_path,
+                                                          monkeypatch):
+    started = []
+    monkeypatch.setattr(runner.papermill, "execute_notebook",
+                        lambda *a, **k: started.append(1))
+    with pytest.raises(ParameterError, match=expected):
+        runner.run_notebook("01_esr", profile="cpu", overrides={name: value}, root=ROOT,
+                            output_dir=tmp_path / "res")
+    assert not started and not (tmp_path / "res").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_on_a_machine_without_a_gpu(tmp_path):
+    with pytest.raises(ParameterError, match="device = 'cuda': must be a device this machine "
+                                             "has: it has no CUDA GPU"):
+        runner.prepare("01_esr", overrides={"device": "cuda"}, root=ROOT)
+
+
+def test_a_parameter_the_dataset_does_not_use_is_an_error(tmp_path):
+    from fixtures import write_ckplus
+    root = write_ckplus(tmp_path / "CK+", n_subjects=4, n_sequences=2, n_frames=4)
+    with pytest.raises(ParameterError, match="n_subjects is not used: dataset = 'ckplus' is "
+                                             "read from disk"):
+        runner.prepare("01_esr", overrides={"dataset": "ckplus", "data_root": str(root),
+                                            "n_subjects": "20"}, root=ROOT)
+    runner.prepare("01_esr", overrides={"dataset": "ckplus", "data_root": str(root)},
+                   root=ROOT)
+
+
+def test_a_real_dataset_needs_its_folder():
+    with pytest.raises(ParameterError, match="dataset = 'ckplus' needs its folder: add -p "
+                                             "data_root"):
+        runner.prepare("01_esr", overrides={"dataset": "ckplus"}, root=ROOT)
+
+
+def test_cli_names_the_parameter(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["run", "01_esr", "-p", "epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs = 0" in err and "Traceback" not in err
+
+
+def test_every_profile_passes_the_value_checks():
+    from fernb.studies import chapter_rules
+    for profile in runner.PROFILES:
+        for name, values in runner.load_profile(profile, ROOT).items():
+            path = runner.resolve_notebook(name, ROOT)
+            defaults = {n: p.default for n, p in runner.notebook_parameters(path).items()}
+            effective = defaults | runner.validate_parameters(path, values)
+            problems = chapter_rules(name).problems(effective, given=set(values))
+            if profile == "paper":  # the paper profile needs the real datasets' folders
+                problems = [p for p in problems if "needs its folder" not in p]
+            assert not problems, (profile, name, problems)
