@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from numbers import Integral
 
@@ -157,25 +157,10 @@ def complexity_table(models: Mapping[str, nn.Module], input_shape: Sequence[int]
     return table
 
 
-def throughput(model: nn.Module, input_shape: Sequence[int], *, batch_size: int, steps: int,
-               train: bool = False, device: str | torch.device = "cpu") -> float:
-    """Measured images per second on random inputs (after one untimed warm-up step).
-
-    Runs on a copy of the model, so neither its weights nor its modes change. Compare models
-    by ratios measured in one run on one machine; absolute numbers depend on the hardware.
-
-    Args:
-        model: outputs logits (B, M, C) or (B, C).
-        input_shape: one sample's shape without the batch dimension.
-        batch_size: images per step.
-        steps: timed steps.
-        train: time forward + cross-entropy backward + SGD step in train mode instead of an
-            inference forward pass in eval mode under ``torch.no_grad``.
-        device: where to run: "auto" (CUDA when available), "cpu" or "cuda".
-    """
-    if batch_size < 1 or steps < 1:
-        raise ValueError(f"batch_size and steps must be >= 1; got {batch_size} and {steps}")
-    device = resolve_device(device)
+def _stepper(model: nn.Module, input_shape: Sequence[int], batch_size: int, train: bool,
+             device: torch.device) -> Callable[[], None]:
+    """One inference pass or one training step (forward, cross-entropy backward, SGD) on a
+    copy of ``model`` with random inputs."""
     model = copy.deepcopy(model).to(device).train(train)
     params = [p for p in model.parameters() if p.requires_grad]
     if train and not params:
@@ -195,13 +180,41 @@ def throughput(model: nn.Module, input_shape: Sequence[int], *, batch_size: int,
         loss.backward()
         optimizer.step()
 
-    step()
+    return step
+
+
+def _timed(step: Callable[[], None], steps: int, device: torch.device) -> float:
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     _synchronize(device)
-    return batch_size * steps / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def throughput(model: nn.Module, input_shape: Sequence[int], *, batch_size: int, steps: int,
+               train: bool = False, device: str | torch.device = "cpu") -> float:
+    """Measured images per second on random inputs (after one untimed warm-up step).
+
+    Runs on a copy of the model, so neither its weights nor its modes change. Compare models
+    by ratios measured in one run on one machine (:func:`measured_cost` interleaves repeats);
+    absolute numbers depend on the hardware.
+
+    Args:
+        model: outputs logits (B, M, C) or (B, C).
+        input_shape: one sample's shape without the batch dimension.
+        batch_size: images per step.
+        steps: timed steps.
+        train: time forward + cross-entropy backward + SGD step in train mode instead of an
+            inference forward pass in eval mode under ``torch.no_grad``.
+        device: where to run: "auto" (CUDA when available), "cpu" or "cuda".
+    """
+    if batch_size < 1 or steps < 1:
+        raise ValueError(f"batch_size and steps must be >= 1; got {batch_size} and {steps}")
+    device = resolve_device(device)
+    step = _stepper(model, input_shape, batch_size, train, device)
+    step()
+    return batch_size * steps / _timed(step, steps, device)
 
 
 @contextmanager
@@ -238,29 +251,51 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measured_cost(models: Mapping[str, nn.Module], input_shape: Sequence[int], *,
-                  reference: str | None = None, batch_size: int = 64, steps: int = 4,
-                  device: str | torch.device = "auto") -> pd.DataFrame:
+                  reference: str | None = None, batch_size: int = 64, steps: int = 2,
+                  repeats: int = 5, device: str | torch.device = "auto") -> pd.DataFrame:
     """Time per image of a training step and of inference, as ratios to ``reference``,
     measured in one process next to the FLOPs and parameter ratios (ESR's claim that shared
     layers cut computational load, checked in seconds rather than in counts).
 
+    Every model is warmed up first; then ``repeats`` rounds each time every model in turn
+    (``steps`` steps per model and round), so that a slow moment of the machine hits all
+    models alike. Each round gives one ratio per model; the table reports their median and
+    spread (the lowest and highest of the rounds).
+
     Returns:
-        DataFrame indexed by name: ``train_time_ratio``, ``inference_time_ratio``,
-        ``flops_ratio``, ``params_ratio`` and the absolute ``train_img_per_s`` and
+        DataFrame indexed by name: ``train_time_ratio`` and ``inference_time_ratio``
+        (medians), ``train_ratio_range`` and ``inference_ratio_range`` (lowest-highest),
+        ``flops_ratio``, ``params_ratio`` and the median absolute ``train_img_per_s`` and
         ``inference_img_per_s``.
     """
+    if batch_size < 1 or steps < 1 or repeats < 1:
+        raise ValueError(f"batch_size, steps and repeats must be >= 1; got {batch_size}, "
+                         f"{steps} and {repeats}")
     counts = complexity_table(models, input_shape, reference=reference)
     reference = counts.index[0] if reference is None else reference
-    table = pd.DataFrame({
-        "train_img_per_s": {n: throughput(m, input_shape, batch_size=batch_size, steps=steps,
-                                          train=True, device=device) for n, m in models.items()},
-        "inference_img_per_s": {n: throughput(m, input_shape, batch_size=2 * batch_size,
-                                              steps=steps, device=device)
-                                for n, m in models.items()}})
-    table["train_time_ratio"] = table.at[reference, "train_img_per_s"] / table["train_img_per_s"]
-    table["inference_time_ratio"] = (table.at[reference, "inference_img_per_s"]
-                                     / table["inference_img_per_s"])
+    device = resolve_device(device)
+    table = pd.DataFrame(index=list(models))
+    for kind, train, size in (("train", True, batch_size), ("inference", False, 2 * batch_size)):
+        steppers = {n: _stepper(m, input_shape, size, train, device) for n, m in models.items()}
+        for step in steppers.values():
+            step()
+        seconds = pd.DataFrame([{n: _timed(step, steps, device) for n, step in steppers.items()}
+                                for _ in range(repeats)])  # (repeats, models)
+        ratios = seconds.div(seconds[reference], axis=0)
+        table[f"{kind}_time_ratio"] = ratios.median()
+        table[f"{kind}_ratio_range"] = [f"{lo:.2f}-{hi:.2f}" for lo, hi in
+                                        zip(ratios.min(), ratios.max())]
+        table[f"{kind}_img_per_s"] = (size * steps / seconds).median()
     table["flops_ratio"] = counts["flops_ratio"]
     table["params_ratio"] = counts["params_ratio"]
-    return table[["train_time_ratio", "inference_time_ratio", "flops_ratio", "params_ratio",
-                  "train_img_per_s", "inference_img_per_s"]]
+    return table[["train_time_ratio", "train_ratio_range", "inference_time_ratio",
+                  "inference_ratio_range", "flops_ratio", "params_ratio", "train_img_per_s",
+                  "inference_img_per_s"]]
+
+
+def count_keras_parameters(model: nn.Module) -> int:
+    """Parameters as Keras' ``model.summary()`` totals them (Wadhawan & Gandhi's framework):
+    every parameter, trainable or not, plus floating-point buffers such as BatchNorm's moving
+    mean and variance, which Keras lists as non-trainable parameters."""
+    return (sum(p.numel() for p in model.parameters())
+            + sum(b.numel() for b in model.buffers() if b.is_floating_point()))

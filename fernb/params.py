@@ -247,9 +247,15 @@ class Rules:
             raise ParameterError(f"invalid parameter value(s){where}:\n  - "
                                  + "\n  - ".join(found))
 
-    def check_notebook(self, namespace: Mapping[str, Any]) -> None:
-        """The notebook's first-cell check: the parameters as the kernel holds them."""
-        self.check({n: namespace[n] for n in self.values if n in namespace})
+    def check_notebook(self, namespace: Mapping[str, Any]) -> dict[str, Any]:
+        """The notebook's first-cell check of the parameters as the kernel holds them
+        (``globals()``); returns them, e.g. for :class:`fernb.report.Report`."""
+        missing = [n for n in self.values if n not in namespace]
+        if missing:
+            raise ParameterError(f"the parameters cell does not define {missing}")
+        values = {n: namespace[n] for n in self.values}
+        self.check(values)
+        return values
 
 
 def relation(names: Iterable[str], holds: Callable[[Mapping[str, Any]], bool],

@@ -142,6 +142,12 @@ class Report:
         atomic_write_json(self.metrics_path, merged)
         return merged
 
+    def glue(self, name: str, value: Any, fmt: str | None = None) -> Any:
+        """:func:`glue` ``value`` for the chapter's Markdown and record it in
+        ``metrics.json`` (the unformatted value)."""
+        self.metrics(**{name: value})
+        return glue(name, value, fmt)
+
     def __repr__(self) -> str:
         return f"Report({str(self.results_dir)!r})"
 

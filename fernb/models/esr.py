@@ -141,11 +141,14 @@ class ESR(nn.Module):
 
         Args:
             init: ``"fresh"`` draws new random weights (the paper's Algorithm 1 and the
-                authors' code) from the branch's own stream (see ``seed``); ``"copy"``
-                starts from a copy of the last branch.
+                authors' code) from the branch's own stream (see ``seed``); ``"same"``
+                gives every added branch one and the same initial draw (the stream of branch
+                1), the control that shows what distinct starts add to diversity; ``"copy"``
+                starts from a copy of the last branch, trained weights included.
         """
-        if init == "fresh":
-            branch = self._new_branch(len(self.branches))
+        if init in ("fresh", "same"):
+            index = len(self.branches) if init == "fresh" else min(len(self.branches), 1)
+            branch = self._new_branch(index)
             device = next(self.parameters(), torch.empty(0)).device
             branch.to(device)
         elif init == "copy":
@@ -153,7 +156,7 @@ class ESR(nn.Module):
                 raise ValueError("init='copy' needs an existing branch to copy")
             branch = copy.deepcopy(self.branches[-1])
         else:
-            raise ValueError(f"init must be 'fresh' or 'copy', got {init!r}")
+            raise ValueError(f"init must be 'fresh', 'same' or 'copy', got {init!r}")
         self.branches.append(branch)
         return branch
 
