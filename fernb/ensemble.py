@@ -1,4 +1,4 @@
-"""Ensemble decision rules, diversity measures and FGA fusion.
+"""Ensemble decision rules, diversity measures and kernel fusion.
 
 Every rule maps member logits of shape (batch, members, classes) to one class per sample;
 a single network is members = 1. Rules share one base, :class:`DecisionRule`: a subclass
@@ -7,17 +7,21 @@ of the scores, ties going to the lowest class index (as ESR's public code does).
 
 Sources: ESR (Siqueira et al., AAAI 2020) plurality vote; Gan et al. (PRL 2019) eq. 7 score
 average; Wadhawan & Gandhi (2023) eq. 4 and Zhou et al. eq. 13 softmax sum (NOI); Zhou et al.
-eq. 10-12 top-two voting (T2V) and Sec. 3.2 / eq. 9 feature fusion among networks (FGA).
-Zhou et al.'s Algorithm 1 leaves the genetic operators open; fernb's FGA is a plain seeded GA
-over per-network fusion weights, applied to scores (:func:`fga_weights`) or to parameters
-(:func:`fuse_state_dicts` inside a :func:`genetic_search` fitness).
+eq. 10-12 top-two voting (T2V), their Table 1 (rank of the labelled class in each network's
+output) and eq. 9 (averaged convolution kernels, used by :mod:`fernb.fga`).
+
+T2V scores are exact: :class:`TopTwoVote` counts first and second places as integers and
+weights the counts with ``alpha`` and ``beta`` read as exact fractions (1.9 is 19/10), so
+classes with the same counts get bit-identical scores whatever the order of the members, and
+a tie goes to the lowest class index like every other rule.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -129,8 +133,8 @@ class ScoreAverage(DecisionRule):
 class SoftmaxSum(DecisionRule):
     """Sum of the members' softmax outputs, optionally weighted.
 
-    Zhou et al.'s NOI (eq. 13) and Wadhawan & Gandhi's ensemble policy (eq. 4); with
-    ``weights`` it is the weighted score sum whose weights :func:`fga_weights` searches.
+    Zhou et al.'s NOI, "normalized output integrating" (eq. 13), and Wadhawan & Gandhi's
+    ensemble policy (eq. 4); ``weights`` scale each member's probabilities.
     """
 
     def __init__(self, weights: Sequence[float] | None = None) -> None:
@@ -156,7 +160,8 @@ def descending_ranks(logits: ArrayLike) -> torch.Tensor:
 
 def t2v_votes(logits: ArrayLike, alpha: float = 1.9, beta: float = 1.0) -> torch.Tensor:
     """Zhou et al. eq. 10: each member gives ``alpha`` to its first and ``beta`` to its
-    second-ranked class, 0 elsewhere. Returns V of shape (B, M, C)."""
+    second-ranked class, 0 elsewhere. Returns V of shape (B, M, C), e.g. to weight each
+    member's saliency map by its vote as the paper does for Fig. 8 (F)."""
     z = as_logits(logits)
     _check_t2v(z, alpha, beta)
     rank = descending_ranks(z)
@@ -181,21 +186,62 @@ def t2v_votes_eq11(logits: ArrayLike, alpha: float = 1.9, beta: float = 1.0) -> 
 def _check_t2v(logits: torch.Tensor, alpha: float, beta: float) -> None:
     if logits.shape[2] < 2:
         raise ValueError(f"top-two voting needs at least 2 classes, got {logits.shape[2]}")
-    if not (alpha > 0 and beta >= 0):
-        raise ValueError(f"T2V needs alpha > 0 and beta >= 0, got alpha={alpha}, beta={beta}")
+    if not (alpha > 0 and beta >= 0 and math.isfinite(alpha) and math.isfinite(beta)):
+        raise ValueError(f"T2V needs finite alpha > 0 and beta >= 0, got alpha={alpha}, "
+                         f"beta={beta}")
+
+
+def top_two_counts(logits: ArrayLike) -> torch.Tensor:
+    """How many members rank each class first and second: (B, 2, C) integers.
+
+    ``[:, 0]`` counts first places, ``[:, 1]`` second places (ties inside a member's output:
+    lower class index first, as :func:`descending_ranks`).
+    """
+    z = as_logits(logits)
+    if z.shape[2] < 2:
+        raise ValueError(f"top-two counts need at least 2 classes, got {z.shape[2]}")
+    rank = descending_ranks(z)  # (B, M, C)
+    return torch.stack([(rank == 0).sum(dim=1), (rank == 1).sum(dim=1)], dim=1)  # (B, 2, C)
+
+
+def _integer_weights(alpha: float, beta: float, members: int) -> tuple[int, int, int]:
+    """``alpha``, ``beta`` as integers over a common denominator: each is read as the nearest
+    fraction with a denominator up to 10**6, so decimals are exact, (1.9, 1.0) -> (19, 10, 10),
+    and a float rounding error such as 0.15000000000000002 is not."""
+    a, b = (Fraction(float(w)).limit_denominator(10**6) for w in (alpha, beta))
+    denominator = math.lcm(a.denominator, b.denominator)
+    ia, ib = int(a * denominator), int(b * denominator)
+    if (ia + ib) * members >= 2**62:
+        raise ValueError(f"alpha={alpha}, beta={beta} need too many decimals for exact integer "
+                         f"scores with {members} members; round them")
+    return ia, ib, denominator
 
 
 class TopTwoVote(DecisionRule):
     """Top-two voting, T2V (Zhou et al., eq. 10-12): Out = sum over members of V (eq. 12).
 
-    The paper's ``alpha=1.9, beta=1.0`` (Sec. 4.1) let two second places outvote one first.
+    Computed from integer counts, Out_c = alpha * (firsts of c) + beta * (seconds of c), with
+    alpha and beta taken as exact fractions (1.9 = 19/10), so equal counts give equal scores
+    and ties go to the lowest class index. Scores are float64. The paper's
+    ``alpha=1.9, beta=1.0`` (Sec. 4.1) let two second places outvote one first; ``beta=0`` is
+    T1V (plurality vote). Decisions depend only on ``beta / alpha`` (see :func:`t2v_sweep`).
     """
 
     def __init__(self, alpha: float = 1.9, beta: float = 1.0) -> None:
         self.alpha, self.beta = float(alpha), float(beta)
 
+    def counts(self, logits: ArrayLike) -> torch.Tensor:
+        """Integer scores (B, C): the T2V output times the common denominator of alpha, beta."""
+        z = as_logits(logits)
+        _check_t2v(z, self.alpha, self.beta)
+        a, b, _ = _integer_weights(self.alpha, self.beta, z.shape[1])
+        places = top_two_counts(z)  # (B, 2, C)
+        return a * places[:, 0] + b * places[:, 1]  # (B, C) int64
+
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
-        return t2v_votes(logits, self.alpha, self.beta).sum(dim=1)  # eq. 12, (B, C)
+        counts = self.counts(logits)  # (B, C)
+        _, _, denominator = _integer_weights(self.alpha, self.beta, logits.shape[1])
+        return counts.double() / denominator  # eq. 12, (B, C)
 
     def __repr__(self) -> str:
         return f"TopTwoVote(alpha={self.alpha}, beta={self.beta})"
@@ -218,6 +264,84 @@ RULES: dict[str, DecisionRule] = {
     "softmax_sum": SoftmaxSum(),
     "t2v": TopTwoVote(),
 }
+
+# Zhou et al. Table 6's columns: T2V (eq. 10-12), bagging = top-one voting, NOI (eq. 13).
+ZHOU_RULES: dict[str, DecisionRule] = {
+    "T2V": RULES["t2v"],
+    "T1V": RULES["plurality"],
+    "NOI": RULES["softmax_sum"],
+}
+
+
+def label_rank_distribution(logits: ArrayLike, labels: ArrayLike) -> pd.DataFrame:
+    """Share of samples whose labelled class each member ranks 1st, 2nd, ... (Zhou Table 1).
+
+    Returns a DataFrame with one row per member (index ``member``, 1-based) and one column
+    per rank 1..C (1 = the member's top class; ties: lower class index first); rows sum to 1.
+    Column 1 is each member's accuracy, columns 1 and 2 together its top-two accuracy.
+    """
+    z = as_logits(logits)
+    y = torch.as_tensor(to_numpy(labels).reshape(-1), dtype=torch.long)
+    n, m, c = z.shape
+    if len(y) != n:
+        raise ValueError(f"{n} samples of logits but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c - 1}], got {int(y.min())}..{int(y.max())}")
+    ranks = descending_ranks(z).gather(2, y.view(-1, 1, 1).expand(n, m, 1))[..., 0]  # (N, M)
+    counts = F.one_hot(ranks, c).sum(dim=0).double() / n  # (M, C)
+    return pd.DataFrame(counts.numpy(), index=pd.RangeIndex(1, m + 1, name="member"),
+                        columns=pd.RangeIndex(1, c + 1, name="rank"))
+
+
+def t2v_regime(alpha: float, beta: float, members: int) -> str:
+    """What T2V with these weights does for ``members`` networks (decisions depend on
+    ``beta / alpha`` only)."""
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    if beta == 0:
+        return "T1V (plurality vote)"
+    if members * beta < alpha:
+        return "T1V, ties broken by second places"
+    if 2 * beta <= alpha:
+        return "a first place outweighs two second places"
+    if beta < alpha:
+        return "two second places outweigh a first place"
+    if beta == alpha:
+        return "top-two plurality (first = second)"
+    return "second places outweigh first places"
+
+
+def t2v_sweep(logits: ArrayLike, labels: ArrayLike,
+              ratios: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.526, 0.6, 0.7, 0.8,
+                                         0.9, 1.0, 1.5)) -> pd.DataFrame:
+    """T2V with alpha = 1 and beta = each ratio, against T1V and NOI (Zhou Sec. 4.1, 4.4).
+
+    The default grid includes 0.526 ~ 1.0 / 1.9, the paper's weights. One row per ratio:
+    ``beta_over_alpha``, ``accuracy``, ``agree_t1v`` and ``agree_noi`` (share of samples on
+    which T2V decides like T1V / NOI) and ``regime`` (:func:`t2v_regime`); ``attrs`` hold the
+    accuracies of T1V and NOI. At ratio 0 T2V is T1V; as soon as M * ratio >= 1 second places
+    can overturn first places.
+    """
+    z = as_logits(logits)
+    y = torch.as_tensor(to_numpy(labels).reshape(-1))
+    if len(y) != z.shape[0]:
+        raise ValueError(f"{z.shape[0]} samples of logits but {len(y)} labels")
+    if not len(ratios) or any(not (r >= 0 and math.isfinite(r)) for r in ratios):
+        raise ValueError(f"ratios must be a non-empty sequence of finite values >= 0, got "
+                         f"{list(ratios)}")
+    t1v, noi = ZHOU_RULES["T1V"](z), ZHOU_RULES["NOI"](z)
+    rows = []
+    for r in ratios:
+        pred = TopTwoVote(1.0, float(r))(z)
+        rows.append({"beta_over_alpha": float(r),
+                     "accuracy": float((pred == y).double().mean()),
+                     "agree_t1v": float((pred == t1v).double().mean()),
+                     "agree_noi": float((pred == noi).double().mean()),
+                     "regime": t2v_regime(1.0, float(r), z.shape[1])})
+    table = pd.DataFrame(rows)
+    table.attrs = {"T1V": float((t1v == y).double().mean()),
+                   "NOI": float((noi == y).double().mean())}
+    return table
 
 
 def member_predictions(outputs: ArrayLike) -> np.ndarray:
@@ -272,73 +396,6 @@ def diversity(outputs: ArrayLike, labels: ArrayLike) -> dict[str, float]:
                                                  "double_fault"]].mean()
     return {**{k: float(v) for k, v in means.items()},
             "oracle_accuracy": oracle_accuracy(outputs, labels)}
-
-
-@dataclass
-class GAResult:
-    """Best genes found, their fitness and the best fitness after each generation."""
-
-    weights: np.ndarray
-    fitness: float
-    history: list[float] = field(default_factory=list)
-
-
-def genetic_search(fitness: Callable[[np.ndarray], float], n_genes: int, *,
-                   population: int = 32, generations: int = 30, elite: int = 2,
-                   mutation_rate: float = 0.2, mutation_std: float = 0.15,
-                   seed: int = 0) -> GAResult:
-    """Maximise ``fitness`` over genes in [0, 1]^n_genes with a plain, seeded GA.
-
-    Each generation keeps the ``elite`` best individuals and breeds the rest by binary
-    tournament selection, uniform crossover and Gaussian mutation (clipped to [0, 1]). The
-    all-ones individual (uniform fusion, Zhou eq. 9) is in the first population, so the
-    result is never worse than uniform fusion.
-    """
-    if n_genes < 1 or population < 2 or not 0 <= elite < population or generations < 1:
-        raise ValueError("need n_genes >= 1, population >= 2, 0 <= elite < population and "
-                         f"generations >= 1; got {n_genes}, {population}, {elite}, {generations}")
-    rng = np.random.default_rng(seed)
-    pop = rng.random((population, n_genes))
-    pop[0] = 1.0
-    fit = np.array([fitness(ind) for ind in pop])
-    history = [float(fit.max())]
-    for _ in range(generations):
-        order = np.argsort(-fit, kind="stable")
-        pairs = rng.integers(0, population, size=(2, population - elite, 2))
-        winners = np.where(fit[pairs[..., 0]] >= fit[pairs[..., 1]], pairs[..., 0],
-                           pairs[..., 1])  # (2, children) tournament winners
-        mask = rng.random((population - elite, n_genes)) < 0.5
-        children = np.where(mask, pop[winners[0]], pop[winners[1]])
-        mutate = rng.random(children.shape) < mutation_rate
-        children = np.clip(children + mutate * rng.normal(0, mutation_std, children.shape), 0, 1)
-        pop = np.vstack([pop[order[:elite]], children])
-        fit = np.concatenate([fit[order[:elite]], [fitness(ind) for ind in children]])
-        history.append(float(fit.max()))
-    best = int(np.argmax(fit))
-    return GAResult(pop[best].copy(), float(fit[best]), history)
-
-
-def fga_weights(logits: ArrayLike, labels: ArrayLike, **search: int | float) -> GAResult:
-    """Per-member fusion weights that maximise the accuracy of the weighted softmax sum.
-
-    The decision-level form of Zhou et al.'s FGA (Sec. 3.2): a genetic search over how much
-    each network contributes, scored by accuracy on held-out data. Weights are returned
-    normalised to sum to 1; use them as ``SoftmaxSum(weights=result.weights)``. Keyword
-    arguments go to :func:`genetic_search`.
-    """
-    probs = as_logits(logits).detach().cpu().double().softmax(dim=2).numpy()  # (N, M, C)
-    y = to_numpy(labels).reshape(-1)
-    if len(y) != len(probs):
-        raise ValueError(f"{len(probs)} samples of logits but {len(y)} labels")
-
-    def accuracy(w: np.ndarray) -> float:
-        return float((np.einsum("m,nmc->nc", w, probs).argmax(axis=1) == y).mean())
-
-    result = genetic_search(accuracy, probs.shape[1], **search)
-    total = result.weights.sum()
-    result.weights = (result.weights / total if total > 0
-                      else np.full_like(result.weights, 1 / len(result.weights)))
-    return result
 
 
 def fuse_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]],

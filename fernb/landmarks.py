@@ -36,6 +36,18 @@ def _flip_permutation() -> np.ndarray:
 FLIP_PERMUTATION: np.ndarray = _flip_permutation()
 
 
+def subset_flip_permutation(indices: tuple[int, ...]) -> np.ndarray:
+    """:data:`FLIP_PERMUTATION` restricted to a landmark subset closed under mirroring (e.g.
+    ``PARTS["eyes"]``): entry ``i`` is the position within ``indices`` of the mirror of
+    point ``indices[i]``, for flipping (K, 2) part landmarks."""
+    position = {int(point): i for i, point in enumerate(indices)}
+    mirrors = [int(FLIP_PERMUTATION[point]) for point in indices]
+    missing = sorted(set(mirrors) - set(position))
+    if missing:
+        raise ValueError(f"indices must contain the mirror of each point; missing {missing}")
+    return np.array([position[m] for m in mirrors])
+
+
 def flip_landmarks(points: np.ndarray, width: int) -> np.ndarray:
     """Mirror (..., 68, 2) pixel landmarks horizontally in an image of the given width."""
     out = points[..., FLIP_PERMUTATION, :].copy()
@@ -44,17 +56,21 @@ def flip_landmarks(points: np.ndarray, width: int) -> np.ndarray:
 
 
 def heatmap(points: np.ndarray, size: int | tuple[int, int], sigma: float = 2.0,
-            indices: tuple[int, ...] | None = None) -> np.ndarray:
-    """Max-combined Gaussian heat-map of landmarks, values in [0, 1].
+            indices: tuple[int, ...] | None = None, combine: str = "max") -> np.ndarray:
+    """Gaussian heat-map of landmarks: one peak-1 Gaussian per point, combined by their
+    maximum (values in [0, 1]) or their sum (peaks add where points are close).
 
     Args:
         points: (68, 2) or (N, 68, 2) landmarks in pixel (x, y) of the target size.
         size: output height/width (int) or (height, width).
         sigma: Gaussian width in pixels.
         indices: landmark subset (e.g. ``PARTS["mouth"]``); all points when None.
+        combine: ``"max"`` or ``"sum"`` over the points.
     Returns:
         (H, W) or (N, H, W) float32 map.
     """
+    if combine not in ("max", "sum"):
+        raise ValueError(f"combine must be 'max' or 'sum', got {combine!r}")
     h, w = (size, size) if isinstance(size, int) else size
     pts = np.asarray(points, dtype=np.float32)
     single = pts.ndim == 2
@@ -66,5 +82,6 @@ def heatmap(points: np.ndarray, size: int | tuple[int, int], sigma: float = 2.0,
     xs = np.arange(w, dtype=np.float32)[None, None, None, :]
     px = pts[..., 0][..., None, None]
     py = pts[..., 1][..., None, None]
-    g = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2)).max(axis=1)
+    g = np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2))
+    g = g.max(axis=1) if combine == "max" else g.sum(axis=1)
     return g[0] if single else g

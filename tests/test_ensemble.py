@@ -1,4 +1,6 @@
-"""Decision rules, diversity measures and FGA fusion, checked against the papers' examples."""
+"""Decision rules, diversity measures and kernel fusion, checked against the papers' examples."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -23,8 +25,40 @@ TABLE3_T2V = [8.7, 0, 0, 7.7, 0, 1, 0]
 
 def test_t2v_reproduces_zhou_table3():
     rule = E.TopTwoVote(alpha=1.9, beta=1.0)
-    assert rule.scores(TABLE3_LOGITS)[0].tolist() == pytest.approx(TABLE3_T2V)
+    assert rule.scores(TABLE3_LOGITS)[0].tolist() == TABLE3_T2V  # exactly, not approximately
+    assert rule.scores(TABLE3_LOGITS.float())[0].tolist() == TABLE3_T2V
     assert RAF_CLASSES[int(rule(TABLE3_LOGITS))] == "AN"
+    # AN: 3 firsts (networks 4-6) + 3 seconds (1-3); HA: 3 firsts + 2 seconds; SA: 1 second
+    assert E.top_two_counts(TABLE3_LOGITS)[0].tolist() == [[3, 0, 0, 3, 0, 0, 0],
+                                                          [3, 0, 0, 2, 0, 1, 0]]
+    assert rule.counts(TABLE3_LOGITS)[0].tolist() == [87, 0, 0, 77, 0, 10, 0]
+
+
+def test_t2v_equal_counts_tie_to_lowest_class_whatever_the_member_order():
+    # Members 1-3 rank class 0 first and class 1 second, members 4-6 the other way round:
+    # both classes get 3 x 1.9 + 3 x 1.0 = 8.7. Summed member by member, class 0's votes
+    # give 1.9 + 1.9 + 1.9 + 1.0 + 1.0 + 1.0 = 8.7 but class 1's give
+    # 1.0 + 1.0 + 1.0 + 1.9 + 1.9 + 1.9 = 8.700000000000001, which handed the tie to class 1.
+    assert 1.0 + 1.0 + 1.0 + 1.9 + 1.9 + 1.9 > 1.9 + 1.9 + 1.9 + 1.0 + 1.0 + 1.0
+    rows = [[2.0, 1.0, 0.0]] * 3 + [[1.0, 2.0, 0.0]] * 3
+    orders = torch.tensor(list(itertools.permutations(range(6))))  # all 720 member orders
+    logits = torch.tensor(rows, dtype=torch.float64)[orders]  # (720, 6, 3)
+    rule = E.TopTwoVote()
+    scores = rule.scores(logits)
+    assert (scores[:, :2] == 8.7).all() and (scores[:, 2] == 0).all()
+    assert (rule(logits) == 0).all()
+    assert (rule(logits.float()) == 0).all()
+
+
+def test_t2v_weights_are_exact_fractions():
+    # 0.1 + 0.2 != 0.3 in floats; as fractions 1/10 + 2/10 = 3/10 exactly.
+    logits = torch.tensor([[[3.0, 2.0, 1.0, 0.0], [0.0, 3.0, 2.0, 1.0], [2.0, 0.0, 3.0, 1.0],
+                            [2.0, 0.0, 1.0, 3.0]]])
+    # class 0: firsts 1, seconds 2; class 2: firsts 1, seconds 1; class 3: firsts 1
+    rule = E.TopTwoVote(alpha=0.3, beta=0.15000000000000002)
+    assert rule.counts(logits)[0].tolist() == [12, 9, 9, 6]  # over the denominator 20
+    assert rule.scores(logits)[0, 1] == rule.scores(logits)[0, 2]
+    assert int(rule(logits)) == 0
 
 
 def test_t2v_eq11_matches_table3():
@@ -151,6 +185,8 @@ def test_bad_shapes_and_names():
         E.TopTwoVote()(torch.zeros(2, 3, 1))
     with pytest.raises(ValueError, match="alpha > 0"):
         E.TopTwoVote(alpha=0.0)(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="beta >= 0"):
+        E.TopTwoVote(beta=float("nan"))(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="unknown decision rule"):
         E.get_rule("average")
 
@@ -190,48 +226,6 @@ def test_q_statistic_undefined_when_always_right():
         E.pairwise_diversity(preds[:, :1], labels)
 
 
-def _constructed_problem(n=300, seed=0):
-    """Member 0 is right with a margin of 1; members 1 and 2 are confidently wrong on 60 %."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    wrong = rng.random(n) < 0.6
-    logits = np.zeros((n, 3, 3))
-    logits[np.arange(n), 0, y] = 1.0
-    target = np.where(wrong, (y + 1) % 3, y)
-    logits[np.arange(n), 1, target] = 5.0
-    logits[np.arange(n), 2, target] = 5.0
-    return torch.from_numpy(logits), y
-
-
-def test_fga_finds_the_known_best_weights():
-    logits, y = _constructed_problem()
-    # Where 1 and 2 are wrong, the truth wins iff w0 (p1 - q1) > (w1 + w2) (p5 - q5), with
-    # p/q the softmax of the true/wrong class at margin 1 and 5.
-    p = torch.softmax(torch.tensor([1.0, 0.0, 0.0]), 0)
-    q = torch.softmax(torch.tensor([5.0, 0.0, 0.0]), 0)
-    ratio = float((q[0] - q[1]) / (p[0] - p[1]))  # ~2.7
-    uniform = float((E.SoftmaxSum()(logits).numpy() == y).mean())
-    result = E.fga_weights(logits, y, population=16, generations=15, seed=0)
-    w = result.weights
-    assert uniform < 0.5
-    assert result.fitness == 1.0
-    assert w.sum() == pytest.approx(1.0)
-    assert w[0] > ratio * (w[1] + w[2])
-    assert float((E.SoftmaxSum(weights=w)(logits).numpy() == y).mean()) == 1.0
-    assert result.history == sorted(result.history)  # elitism: best never gets worse
-    again = E.fga_weights(logits, y, population=16, generations=15, seed=0)
-    np.testing.assert_array_equal(again.weights, w)
-
-
-def test_genetic_search_maximises_a_known_function():
-    target = np.array([0.2, 0.9, 0.5])
-    result = E.genetic_search(lambda g: -float(np.abs(g - target).sum()), 3,
-                              population=24, generations=40, seed=1)
-    np.testing.assert_allclose(result.weights, target, atol=0.1)
-    with pytest.raises(ValueError):
-        E.genetic_search(lambda g: 0.0, 3, population=2, elite=2)
-
-
 def test_fused_kernels_equal_averaged_feature_maps():
     # Zhou eq. 8 -> eq. 9: on a shared input, the convolution with averaged kernels equals the
     # average of the convolutions (distributive law).
@@ -257,3 +251,69 @@ def test_fuse_state_dicts_weights_and_buffers():
         E.fuse_state_dicts([sds[0], nn.Linear(2, 3).state_dict()])
     with pytest.raises(ValueError, match="sum to 0"):
         E.fuse_state_dicts(sds, weights=[0.0, 0.0])
+
+
+def test_label_rank_distribution_hand_computed():
+    # 2 members, 3 classes, 4 samples with labels 0, 1, 2, 0
+    logits = torch.tensor([
+        [[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]],  # label 0: member 1 rank 1, member 2 rank 3
+        [[3.0, 2.0, 1.0], [2.0, 3.0, 1.0]],  # label 1: ranks 2, 1
+        [[3.0, 2.0, 1.0], [1.0, 3.0, 2.0]],  # label 2: ranks 3, 2
+        [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]],  # label 0: ranks 1 (tie, lower index), 3
+    ])
+    table = E.label_rank_distribution(logits, [0, 1, 2, 0])
+    assert table.index.tolist() == [1, 2] and table.columns.tolist() == [1, 2, 3]
+    assert table.loc[1].tolist() == [0.5, 0.25, 0.25]
+    assert table.loc[2].tolist() == [0.25, 0.25, 0.5]
+    with pytest.raises(ValueError, match="labels"):
+        E.label_rank_distribution(logits, [0, 1])
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        E.label_rank_distribution(logits, [0, 1, 3, 0])
+
+
+def test_label_rank_distribution_first_column_is_accuracy():
+    logits = torch.randn(40, 3, 5, generator=torch.Generator().manual_seed(6))
+    labels = torch.randint(0, 5, (40,), generator=torch.Generator().manual_seed(7))
+    table = E.label_rank_distribution(logits, labels)
+    np.testing.assert_allclose(table.sum(axis=1), 1.0)
+    acc = (logits.argmax(dim=2) == labels[:, None]).double().mean(dim=0)
+    np.testing.assert_allclose(table[1].to_numpy(), acc.numpy())
+
+
+def test_zhou_rules_are_table6_columns():
+    assert isinstance(E.ZHOU_RULES["T2V"], E.TopTwoVote)
+    assert (E.ZHOU_RULES["T2V"].alpha, E.ZHOU_RULES["T2V"].beta) == (1.9, 1.0)
+    assert isinstance(E.ZHOU_RULES["T1V"], E.PluralityVote)
+    assert isinstance(E.ZHOU_RULES["NOI"], E.SoftmaxSum)
+
+
+@pytest.mark.parametrize("alpha,beta,members,expected", [
+    (1.0, 0.0, 6, "T1V (plurality vote)"),
+    (1.0, 0.15, 6, "T1V, ties broken by second places"),  # 6 x 0.15 < 1
+    (1.0, 0.4, 6, "a first place outweighs two second places"),
+    (1.9, 1.0, 6, "two second places outweigh a first place"),  # the paper's weights
+    (1.0, 1.0, 6, "top-two plurality (first = second)"),
+    (1.0, 2.0, 6, "second places outweigh first places"),
+])
+def test_t2v_regime(alpha, beta, members, expected):
+    assert E.t2v_regime(alpha, beta, members) == expected
+
+
+def test_t2v_sweep_limits():
+    logits = torch.randn(200, 5, 6, generator=torch.Generator().manual_seed(8))
+    labels = torch.randint(0, 6, (200,), generator=torch.Generator().manual_seed(9))
+    table = E.t2v_sweep(logits, labels, ratios=[0.0, 0.1, 1 / 1.9])
+    t1v_acc = float((E.PluralityVote()(logits) == labels).double().mean())
+    assert table.attrs["T1V"] == t1v_acc
+    first = table.iloc[0]
+    assert first["agree_t1v"] == 1.0 and first["accuracy"] == t1v_acc
+    # 5 members x 0.1 < 1: T1V where T1V has no tie, seconds only break its ties
+    t1v_scores = E.PluralityVote().scores(logits)
+    top2 = t1v_scores.topk(2, dim=1).values
+    untied = top2[:, 0] > top2[:, 1]
+    pred = E.TopTwoVote(1.0, 0.1)(logits)
+    assert torch.equal(pred[untied], E.PluralityVote()(logits)[untied])
+    paper = E.TopTwoVote(1.9, 1.0)(logits)
+    assert table.iloc[2]["accuracy"] == float((paper == labels).double().mean())
+    with pytest.raises(ValueError, match="ratios"):
+        E.t2v_sweep(logits, labels, ratios=[-1.0])

@@ -4,11 +4,14 @@ Preprocessing (NumPy/OpenCV, once per image): Viola-Jones face detection with Op
 Haar cascade (ESR, Siqueira et al. 2020, "Methodology"), grayscale, CLAHE (Wadhawan & Gandhi
 2023, Sec. III-A), square crop and resize, with landmarks carried through every crop and resize
 by one affine map. Augmentation (torchvision.transforms.v2, per batch on (C, H, W) float
-tensors): none, flip, or ESR's public-code recipe. Optional 68-point landmarks from MediaPipe
-Face Mesh for datasets that ship none.
+tensors): none, flip, or ESR's public-code recipe. Paired augmentation (torch affine_grid /
+grid_sample, per batch on the device): flips, Ferreira et al.'s eq. (8) warp and eq. (9)
+contrast normalisation, moving landmarks and relevance maps with their images. Optional
+68-point landmarks from MediaPipe Face Mesh for datasets that ship none.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,7 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from fernb.landmarks import FLIP_PERMUTATION
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 CROPS = ("haar", "landmarks", "box", "none")
@@ -311,3 +317,265 @@ def detect_landmarks(images: Iterable[np.ndarray]) -> np.ndarray:
             pts = np.array([(p.x * w, p.y * h) for p in found[0].landmark], dtype=np.float32)
             out.append(mediapipe_to_68(pts))
     return np.stack(out) if out else np.zeros((0, 68, 2), dtype=np.float32)
+
+
+# Paired augmentation: one random geometry per image, applied with the same matrix to the
+# image, its relevance maps and its landmarks (fit's augment(x, y) -> (x, y) on the device).
+#
+# Ferreira et al. 2018, Sec. III-C, eq. (8): a point (x, y) moves to
+#     (x', y') = s R(theta) [[1, k1], [k2, 1]] (x - t1, y - t2),
+# with coordinates measured from the image centre (about the top-left corner, as a literal
+# reading would have it, a 10 degree rotation moves a 120 px face by up to 20 px). Eq. (8) is
+# read as the forward map of points: landmarks go through it, images are resampled through
+# its inverse. Pixel centres sit at integer coordinates, as in :func:`crop_matrix`; pixels
+# that come from outside the image take the value of their mirrored position
+# (``padding_mode="reflection"``). Eq. (9) then stretches each channel between two random
+# percentiles.
+
+TARGET_ROLES = ("label", "map", "landmarks")
+
+
+@dataclass(frozen=True)
+class WarpSets:
+    """The sets eq. (8)'s parameters are drawn from, uniformly and independently for every
+    image (Ferreira et al., Sec. IV-A). Angles in radians (+-5 and +-10 degrees),
+    translations in pixels: "randomly sampled integers from the interval [0, 5]", so faces
+    only ever move up and to the left."""
+
+    angles: tuple[float, ...] = (-math.pi / 18, -math.pi / 36, 0.0, math.pi / 36, math.pi / 18)
+    skews: tuple[float, ...] = (-0.1, 0.0, 0.1)
+    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    translations: tuple[float, ...] = (0, 1, 2, 3, 4, 5)
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        """``n`` draws of theta, k1, k2, s, t1, t2 (float64, CPU) from torch's global RNG."""
+        sets = {"theta": self.angles, "k1": self.skews, "k2": self.skews, "s": self.scales,
+                "t1": self.translations, "t2": self.translations}
+        return {name: torch.tensor(values, dtype=torch.float64)[
+                    torch.randint(len(values), (n,))] for name, values in sets.items()}
+
+
+@dataclass(frozen=True)
+class ContrastRanges:
+    """Percent ranges the lower and upper percentiles p_L and p_H of eq. (9) are drawn from,
+    uniformly, per image and channel. The paper says only that they are "randomly selected";
+    p_L in [0, 10] and p_H in [90, 100] are this book's choice. Note that even p_L = 0,
+    p_H = 100 stretches the image to its full [0, 1] range."""
+
+    low: tuple[float, float] = (0.0, 10.0)
+    high: tuple[float, float] = (90.0, 100.0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.low, self.high
+        if not (0 <= lo[0] <= lo[1] <= hi[0] <= hi[1] <= 100):
+            raise ValueError(f"contrast ranges must satisfy 0 <= low[0] <= low[1] <= high[0] "
+                             f"<= high[1] <= 100 (percent), got low={lo}, high={hi}")
+
+    def sample(self, n: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, channels) draws of p_L and p_H in percent from torch's global RNG."""
+        low = self.low[0] + (self.low[1] - self.low[0]) * torch.rand(n, channels)
+        high = self.high[0] + (self.high[1] - self.high[0]) * torch.rand(n, channels)
+        return low, high
+
+
+def warp_matrices(theta: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, s: torch.Tensor,
+                  t1: torch.Tensor, t2: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Eq. (8) as (B, 2, 3) forward maps of pixel coordinates, ``p' = M[:, :2] p + M[:, 2]``.
+
+    Args:
+        theta, k1, k2, s, t1, t2: (B,) rotation (radians), skews, scale, translation (px).
+        size: (height, width) of the images.
+    """
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    skew = torch.stack([torch.stack([torch.ones_like(k1), k1], -1),
+                        torch.stack([k2, torch.ones_like(k2)], -1)], -2)
+    linear = s[:, None, None] * rotation @ skew  # (B, 2, 2)
+    h, w = size
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=linear.dtype)
+    shift = centre + torch.stack([t1, t2], -1)  # (B, 2)
+    offset = centre - (linear @ shift[..., None])[..., 0]
+    return torch.cat([linear, offset[..., None]], -1)  # (B, 2, 3)
+
+
+def warp_points(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Apply (B, 2, 3) pixel maps to (B, K, 2) pixel (x, y) points."""
+    m = matrices.to(points.device, points.dtype)
+    return points @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
+
+
+def warp_images(images: torch.Tensor, matrices: torch.Tensor, *, mode: str = "bilinear",
+                padding_mode: str = "reflection") -> torch.Tensor:
+    """Resample (B, C, H, W) images so that the pixel at p moves to ``M p`` (B, 2, 3).
+
+    ``torch.nn.functional.affine_grid`` wants, for every output pixel, where to sample the
+    input in normalised coordinates (-1 and 1 are the outer edges, ``align_corners=False``):
+    the inverse map, conjugated by the pixel-to-normalised scaling.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W) images, got shape {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    m = matrices.double().cpu()
+    inverse = torch.linalg.inv(m[:, :, :2])  # (B, 2, 2)
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    scale = torch.tensor([2 / w, 2 / h], dtype=torch.float64)
+    linear = scale[:, None] * inverse / scale[None, :]
+    offset = scale * ((inverse @ (centre - m[:, :, 2])[..., None])[..., 0] - centre)
+    theta = torch.cat([linear, offset[..., None]], -1).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def contrast_normalize(images: torch.Tensor, low: torch.Tensor | float,
+                       high: torch.Tensor | float) -> torch.Tensor:
+    """Eq. (9): per channel, ``(S - S(p_L)) / (S(p_H) - S(p_L))`` clipped to [0, 1].
+
+    Args:
+        images: (B, C, H, W).
+        low, high: percentiles p_L < p_H in percent, scalars or (B, C); ``S(p)`` is the
+            channel's p-th percentile with linear interpolation (``numpy.percentile``'s
+            default).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W) images, got shape {tuple(images.shape)}")
+    b, c = images.shape[:2]
+    ordered = images.flatten(2).sort(-1).values  # (B, C, N)
+    n = ordered.shape[-1]
+
+    def percentile(p: torch.Tensor | float) -> torch.Tensor:
+        pos = (torch.as_tensor(p, dtype=torch.float64).expand(b, c) / 100 * (n - 1))
+        below = pos.floor().long().clamp(0, n - 1)
+        above = (below + 1).clamp(max=n - 1)
+        frac = (pos - below).to(images.device, images.dtype)[..., None]
+        lo = ordered.gather(-1, below.to(images.device)[..., None])
+        hi = ordered.gather(-1, above.to(images.device)[..., None])
+        return (lo + frac * (hi - lo))[..., None]  # (B, C, 1, 1)
+
+    s_low, s_high = percentile(low), percentile(high)
+    scaled = (images - s_low) / (s_high - s_low).clamp_min(torch.finfo(images.dtype).eps)
+    return scaled.clamp(0, 1)
+
+
+class PairedAugmentation:
+    """Random flips, eq. (8) warps and eq. (9) contrast for ``fit(augment=...)``, moving
+    each target with its image.
+
+    Args:
+        targets: the role of each element of ``y`` (a tensor ``y`` is one element):
+            ``"label"`` passes through; ``"map"`` ((B, C', H, W) at the images' size, e.g.
+            relevance maps) is flipped and warped like the image, without contrast change;
+            ``"landmarks"`` ((B, K, 2), or (B, 2K) as x0, y0, x1, y1, ...; pixel (x, y) of the
+            image) is moved by the same matrix, and a flip swaps left and right indices.
+        flip: probability of a horizontal flip per image (applied first, exactly).
+        warp: the sets eq. (8) is drawn from, or None for no warp.
+        contrast: the percentile ranges of eq. (9), or None for none.
+        flip_permutation: landmark index permutation of a flip; None takes
+            :data:`fernb.landmarks.FLIP_PERMUTATION` (68 points).
+
+    Every image draws its own parameters from torch's global RNG (seeded by ``fit``); the
+    result has the input's shapes, dtype and device.
+    """
+
+    def __init__(self, *, targets: Sequence[str] = ("label",), flip: float = 0.0,
+                 warp: WarpSets | None = None, contrast: ContrastRanges | None = None,
+                 flip_permutation: Sequence[int] | None = None) -> None:
+        bad = [role for role in targets if role not in TARGET_ROLES]
+        if not targets or bad:
+            raise ValueError(f"targets must name a role from {TARGET_ROLES} for each element "
+                             f"of y, got {tuple(targets)}")
+        if not 0 <= flip <= 1:
+            raise ValueError(f"flip is a probability in [0, 1], got {flip}")
+        self.targets = tuple(targets)
+        self.flip, self.warp, self.contrast = flip, warp, contrast
+        perm = FLIP_PERMUTATION if flip_permutation is None else flip_permutation
+        self.flip_permutation = torch.as_tensor(np.asarray(perm), dtype=torch.long)
+
+    def __call__(self, x: torch.Tensor, y: Any) -> tuple[torch.Tensor, Any]:
+        if x.ndim != 4:
+            raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        single = isinstance(y, torch.Tensor)
+        ys = [y] if single else list(y)
+        if len(ys) != len(self.targets):
+            raise ValueError(f"y has {len(ys)} element(s) but targets names "
+                             f"{len(self.targets)}: {self.targets}")
+        b, size = len(x), tuple(x.shape[-2:])
+        for role, value in zip(self.targets, ys):
+            if role == "map" and tuple(value.shape[-2:]) != size:
+                raise ValueError(f"maps must have the images' size {size}, got "
+                                 f"{tuple(value.shape)}")
+        if self.flip:
+            flipped = (torch.rand(b) < self.flip).to(x.device)
+            x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+            ys = [self._flip(role, value, flipped, size[1])
+                  for role, value in zip(self.targets, ys)]
+        if self.warp is not None:
+            matrices = warp_matrices(**self.warp.sample(b), size=size)
+            x = warp_images(x, matrices)
+            ys = [self._warp(role, value, matrices) for role, value in zip(self.targets, ys)]
+        if self.contrast is not None:
+            low, high = self.contrast.sample(b, x.shape[1])
+            x = contrast_normalize(x, low, high)
+        return x, (ys[0] if single else tuple(ys))
+
+    def _flip(self, role: str, value: torch.Tensor, flipped: torch.Tensor,
+              width: int) -> torch.Tensor:
+        if role == "map":
+            return torch.where(flipped.view(-1, *[1] * (value.ndim - 1)), value.flip(-1), value)
+        if role == "landmarks":
+            points = _as_points(value)
+            if points.shape[1] != len(self.flip_permutation):
+                raise ValueError(f"a flip needs a landmark permutation for {points.shape[1]} "
+                                 f"points; flip_permutation has {len(self.flip_permutation)}")
+            mirrored = points[:, self.flip_permutation.to(points.device)].clone()
+            mirrored[..., 0] = (width - 1) - mirrored[..., 0]
+            return torch.where(flipped[:, None, None], mirrored, points).reshape(value.shape)
+        return value
+
+    def _warp(self, role: str, value: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+        if role == "map":
+            return warp_images(value, matrices)
+        if role == "landmarks":
+            return warp_points(_as_points(value), matrices).reshape(value.shape)
+        return value
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(targets={self.targets}, flip={self.flip}, "
+                f"warp={self.warp}, contrast={self.contrast})")
+
+
+def _as_points(value: torch.Tensor) -> torch.Tensor:
+    """(B, K, 2) view of (B, K, 2) or (B, 2K) landmarks."""
+    if value.ndim == 3 and value.shape[-1] == 2:
+        return value
+    if value.ndim == 2 and value.shape[1] % 2 == 0:
+        return value.reshape(len(value), -1, 2)
+    raise ValueError(f"landmarks must be (B, K, 2) or (B, 2K) pixel (x, y), got shape "
+                     f"{tuple(value.shape)}")
+
+
+class RelevanceAugmentation(PairedAugmentation):
+    """Ferreira et al.'s augmentation (Sec. III-C): every image of every batch is warped by
+    eq. (8) with Sec. IV-A's sets, then contrast-normalised by eq. (9); ``y`` is
+    (labels, relevance maps) by default (``targets=("label",)`` for labels alone). The paper
+    does not flip; ``flip`` adds it."""
+
+    def __init__(self, *, targets: Sequence[str] = ("label", "map"), flip: float = 0.0,
+                 warp: WarpSets | None = WarpSets(),
+                 contrast: ContrastRanges | None = ContrastRanges(),
+                 flip_permutation: Sequence[int] | None = None) -> None:
+        super().__init__(targets=targets, flip=flip, warp=warp, contrast=contrast,
+                         flip_permutation=flip_permutation)
+
+
+class LandmarkAugmentation(PairedAugmentation):
+    """Landmark-aware horizontal flip (p = 0.5): the image is mirrored and landmark ``i``
+    becomes the mirror of landmark ``FLIP_PERMUTATION[i]`` (the subject's right eye corner
+    36 takes the mirrored left corner 45), so indices keep their anatomical meaning. ``y`` is
+    (B, 136) landmarks by default; ``targets=("label", "landmarks")`` for pairs. ``warp``
+    and ``contrast`` add eqs. (8)-(9)."""
+
+    def __init__(self, *, targets: Sequence[str] = ("landmarks",), flip: float = 0.5,
+                 warp: WarpSets | None = None, contrast: ContrastRanges | None = None,
+                 flip_permutation: Sequence[int] | None = None) -> None:
+        super().__init__(targets=targets, flip=flip, warp=warp, contrast=contrast,
+                         flip_permutation=flip_permutation)

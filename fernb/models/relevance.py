@@ -1,0 +1,402 @@
+"""Relevance-map regularised CNN and its baseline.
+
+Ferreira, Marques, Cardoso and Rebelo, "Physiological Inspired Deep Neural Networks for
+Emotion Recognition", IEEE Access 6, 2018 (Sec. III, Fig. 4). Three components:
+
+- facial parts ``E(x)``: an encoder-decoder that regresses a relevance map ``x_hat`` at the
+  input's resolution (Sec. III-A-1);
+- representation ``F(x, x_hat)``: conv-conv-pool blocks, then expression blocks (e-blocks,
+  eq. 1): ``a_l = ReLU(W * a_{l-1}) (.) x_hat``, with ``x_hat`` resized and cropped to the
+  feature map (Sec. III-A-2, Fig. 5);
+- classification ``G(h)``: dense layers (512, 512, C) (Sec. IV-A).
+
+:class:`BaselineCNN` is the paper's "CNN trained from scratch" (Sec. IV-C: "the same network
+architecture as the representation component"): representation and classification only,
+its e-blocks without the product. It has no ``forward_with_map`` and trains with plain
+cross-entropy. :class:`RelevanceNet` adds the facial-parts component; train it with
+``fit(..., forward="forward_with_map", loss_fn=fernb.losses.RelevanceLoss(...))``.
+
+The architecture table (Table 3) and the hyper-parameter grid (Table 2) are images missing
+from the text, so these are this book's choices, each a keyword argument:
+
+- ``parts_blocks=3`` (L_E) and ``rep_blocks=3`` (L_F): both were grid-searched in the paper.
+  Three halvings keep 120 (the paper's input), 96 and 48 pixels divisible by 2**3, which the
+  encoder-decoder needs to come back to the input's size.
+- ``parts_filters=32``, ``rep_filters=32``, doubling at every pooling (the text says so for
+  the facial-parts component; the representation component follows the same habit).
+- Facial parts: no skip connections and no extra convolutions at the lowest resolution
+  (``skip_connections=False``): the text describes a convolutional path followed by a
+  deconvolutional path and names no skips. ``skip_connections=True`` gives the U-Net variant.
+- ``map_activation="linear"``: the text says the last 3x3 convolution has "a linear
+  activation function", although it calls ``x_hat`` a probability map; eq. (6) takes
+  ``|x_hat|``, which only matters for a map that can be negative, so the linear output is
+  kept. ``"sigmoid"`` gives a map in (0, 1).
+- ``n_eblocks=2`` e-blocks with the last block's filter count, after the last conv-conv-pool
+  block and before the dense layers (the text: "it starts with several sequences of
+  convolution-convolution-pooling layers ... Then, we introduce ... the e-block").
+- ``padding="same"`` in the representation component: the e-blocks' feature map at stride
+  ``s = 2**rep_blocks`` is then exactly ``x_hat`` averaged over s x s blocks (the pixels the
+  max-pools merged), cropped where a pooling floored an odd size. ``"valid"`` convolutions
+  shrink the maps, and the pooled ``x_hat`` is centre-cropped to them: the paper's "x_hat has
+  to be resized and cropped accordingly to the actual feature map size".
+- ``dropout=0.0``: the paper regularises with an l2 penalty (``weight_decay`` in ``fit``) and
+  names no dropout for these models.
+- No batch normalisation: none is mentioned.
+
+``width`` scales every convolution's filters (1.0 = the choices above); the dense layers
+keep their 512 units. ``seed`` builds the representation and classification components
+under ``seeded(seed, 0)`` and the facial parts under ``seeded(seed, "facial_parts")``, so a
+baseline and a RelevanceNet with the same seed start from the same shared weights;
+``seed=None`` draws from the caller's RNG (as :meth:`fernb.models.members.Members.build`
+expects).
+
+The relevance targets of the fully supervised scheme (eq. 4, Fig. 6) come from
+:func:`target_maps`, and :data:`PAPER_TRAINING` collects the training settings Sec. IV-A
+prints.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fernb.landmarks import heatmap
+from fernb.seeding import seeded
+
+PADDINGS = ("same", "valid")
+MAP_ACTIVATIONS = ("linear", "sigmoid")
+SIGMA_FRACTION = 1 / 40  # default Gaussian sigma as a fraction of the map side (3 px at 120)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What Ferreira et al. print about training (Sec. IV-A unless noted).
+
+    The learning rate, the l2 coefficient, L_E, L_F, lambda and gamma were chosen by grid
+    search with cross-validation on each training set (Table 2, an image not in the text);
+    ``lambda_*`` and ``gamma`` below are the values the relevance-map figures show.
+    """
+
+    optimizer: str = "adam"
+    batch_size: int = 50
+    lr_decay: float = 0.99            # learning rate x 0.99 after every epoch
+    image_size: int = 120             # MTCNN face crops resized to 120 x 120
+    hidden: tuple[int, int] = (512, 512)  # two dense layers before the C-way output
+    lambda_fully: float = 10.0        # Fig. 9, third row (5 in its bottom row)
+    lambda_weakly: float = 1e-4       # Fig. 10, middle row; 1e-2 over-regularises
+    gamma: float = 1.0                # Fig. 10
+    ckplus_folds: int = 10            # subject-independent stratified k-fold (Sec. IV-C)
+    jaffe_folds: int = 3              # (Sec. IV-D)
+    val_fraction: float = 0.2         # of each training split, subject-independent
+    finetune_epochs: int = 25         # SFEW after FER-2013 pre-training, "~25" (Sec. IV-E)
+
+    def schedule(self) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
+        """``fit(schedule=...)``: multiply the learning rate by ``lr_decay`` every epoch."""
+        return partial(torch.optim.lr_scheduler.ExponentialLR, gamma=self.lr_decay)
+
+
+PAPER_TRAINING = TrainingSettings()
+
+
+def target_maps(landmarks: np.ndarray | torch.Tensor, size: int | tuple[int, int], *,
+                sigma: float | None = None, combine: str = "max",
+                chunk: int = 64) -> torch.Tensor:
+    """Target relevance maps of the fully supervised scheme (Sec. III-B-1, Fig. 6).
+
+    One Gaussian of standard deviation ``sigma`` at each landmark, its peak 1, combined by
+    their maximum: values stay in [0, 1], like a probability of relevance, and close points
+    (eye and lip contours) do not add up. The paper's "mixture of the Gaussians" could also
+    be read as a sum (``combine="sum"``); a normalised density mixture would have values near
+    1 / (2 pi sigma^2 k), far too small for the lambda of Fig. 9. Sigma is not printed (Fig. 6
+    shows several); the default is 1/40 of the map side (3 px at 120 px, 1.2 px at 48 px).
+
+    Args:
+        landmarks: (N, K, 2) pixel (x, y) in the maps' frame (e.g. (N, 68, 2)).
+        size: map side (int) or (height, width).
+        sigma: Gaussian standard deviation in pixels; None for ``SIGMA_FRACTION`` x side.
+        combine: ``"max"`` or ``"sum"`` (see :func:`fernb.landmarks.heatmap`).
+        chunk: images computed at once (bounds the (chunk, K, H, W) intermediate).
+
+    Returns:
+        (N, 1, H, W) float32 maps.
+    """
+    points = np.asarray(landmarks.cpu() if isinstance(landmarks, torch.Tensor) else landmarks,
+                        dtype=np.float32)
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise ValueError(f"landmarks must be (N, K, 2) pixel (x, y), got shape {points.shape}")
+    h, w = (size, size) if isinstance(size, int) else size
+    sigma = SIGMA_FRACTION * min(h, w) if sigma is None else sigma
+    if sigma <= 0:
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 image, got {chunk}")
+    maps = [heatmap(points[i:i + chunk], (h, w), sigma=sigma, combine=combine)
+            for i in range(0, len(points), chunk)]
+    out = np.concatenate(maps) if maps else np.zeros((0, h, w), np.float32)
+    return torch.from_numpy(out).unsqueeze(1)  # (N, 1, H, W)
+
+
+def fit_relevance(relevance: torch.Tensor, size: Sequence[int], stride: int) -> torch.Tensor:
+    """``x_hat`` (B, 1, H, W) brought to a feature map of spatial ``size`` at ``stride``:
+    averaged over stride x stride blocks, then centre-cropped (Sec. III-A-2)."""
+    pooled = F.avg_pool2d(relevance, stride) if stride > 1 else relevance
+    h, w = size
+    ph, pw = pooled.shape[-2:]
+    if ph < h or pw < w:
+        raise ValueError(f"relevance map {tuple(relevance.shape[-2:])} at stride {stride} is "
+                         f"{(ph, pw)}, smaller than the feature map {(h, w)}")
+    top, left = (ph - h) // 2, (pw - w) // 2
+    return pooled[..., top:top + h, left:left + w]
+
+
+def _double_conv(in_chans: int, out_chans: int, padding: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_chans, out_chans, 3, padding=padding), nn.ReLU(),
+                         nn.Conv2d(out_chans, out_chans, 3, padding=padding), nn.ReLU())
+
+
+class EBlock(nn.Module):
+    """Expression block, eq. (1): ``a_l = ReLU(W * a_{l-1}) (.) x_hat`` (Fig. 5).
+
+    Args:
+        in_chans, out_chans: channels of ``a_{l-1}`` and ``a_l``.
+        padding: of the 3x3 convolution (1 = 'same', 0 = 'valid').
+        stride: input pixels per feature-map pixel, used to bring ``x_hat`` to the map.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, padding: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out_chans, 3, padding=padding)
+        self.stride = stride
+
+    def forward(self, a: torch.Tensor, relevance: torch.Tensor | None = None) -> torch.Tensor:
+        """Without ``relevance`` the block is a convolution and ReLU (the baseline)."""
+        a = F.relu(self.conv(a))  # (B, C', H', W')
+        if relevance is None:
+            return a
+        return a * fit_relevance(relevance, a.shape[-2:], self.stride)
+
+
+class Representation(nn.Module):
+    """``F(x, x_hat)``: conv-conv-pool blocks, then e-blocks (Sec. III-A-2)."""
+
+    def __init__(self, in_chans: int, filters: Sequence[int], n_eblocks: int,
+                 padding: int) -> None:
+        super().__init__()
+        chans = [in_chans, *filters]
+        self.blocks = nn.ModuleList(nn.Sequential(_double_conv(chans[i], c, padding),
+                                                  nn.MaxPool2d(2))
+                                    for i, c in enumerate(filters))
+        stride = 2 ** len(filters)
+        self.eblocks = nn.ModuleList(EBlock(filters[-1], filters[-1], padding, stride)
+                                     for _ in range(n_eblocks))
+
+    def forward(self, x: torch.Tensor, relevance: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        for eblock in self.eblocks:
+            x = eblock(x, relevance)
+        return x  # (B, C', H', W')
+
+
+class FacialParts(nn.Module):
+    """``E(x)``: encoder-decoder regressing the relevance map ``x_hat`` (Sec. III-A-1).
+
+    Encoder: per level, two 3x3 convolutions with ReLU and a 2x2 max-pool, filters doubling
+    per level. Decoder: per level, a 2x2 stride-2 transposed convolution and two 3x3
+    convolutions, each followed by ReLU. A last 3x3 convolution maps to one channel with a
+    linear (or sigmoid) activation.
+    """
+
+    def __init__(self, in_chans: int, filters: Sequence[int], activation: str,
+                 skip_connections: bool) -> None:
+        super().__init__()
+        chans = [in_chans, *filters]
+        self.down = nn.ModuleList(_double_conv(chans[i], c, 1) for i, c in enumerate(filters))
+        self.pool = nn.MaxPool2d(2)
+        ups, convs = [], []
+        for level in reversed(range(len(filters))):
+            incoming = filters[min(level + 1, len(filters) - 1)]
+            ups.append(nn.ConvTranspose2d(incoming, filters[level], 2, stride=2))
+            merged = 2 * filters[level] if skip_connections else filters[level]
+            convs.append(_double_conv(merged, filters[level], 1))
+        self.up = nn.ModuleList(ups)
+        self.up_convs = nn.ModuleList(convs)
+        self.head = nn.Conv2d(filters[0], 1, 3, padding=1)
+        self.activation = activation
+        self.skip_connections = skip_connections
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        for up, convs, skip in zip(self.up, self.up_convs, reversed(skips)):
+            x = up(x)
+            if self.skip_connections:
+                x = torch.cat([skip, x], 1)
+            x = convs(x)
+        x = self.head(x)  # (B, 1, H, W)
+        return torch.sigmoid(x) if self.activation == "sigmoid" else x
+
+
+def _scaled(filters: int, width: float) -> int:
+    return max(1, round(filters * width))
+
+
+def _feature_side(side: int, blocks: int, n_eblocks: int, shrink: int) -> int:
+    """Feature-map side after the representation component (``shrink`` pixels lost per
+    convolution); 0 when it vanishes."""
+    for _ in range(blocks):
+        side = (side - 2 * shrink) // 2
+        if side < 1:
+            return 0
+    return max(0, side - n_eblocks * shrink)
+
+
+class BaselineCNN(nn.Module):
+    """The paper's baseline: representation and classification components only.
+
+    Args:
+        n_classes: output classes (8 for CK+, 6 or 7 for JAFFE, 7 for SFEW and FER-2013).
+        image_size: input side (int) or (height, width); 120 in the paper.
+        in_chans: input channels (1 grayscale, 3 colour).
+        width: channel multiplier of every convolution; 1.0 = the module's choices.
+        rep_blocks: conv-conv-pool blocks of the representation component (L_F).
+        rep_filters: filters of the first block, doubled per block.
+        n_eblocks: e-blocks after the last block (at least 1).
+        padding: ``"same"`` or ``"valid"`` convolutions in the representation component.
+        hidden: units of the dense layers before the output layer.
+        dropout: dropout after each hidden dense layer (0 = none, as in the paper).
+        seed: build under ``seeded(seed, 0)``; None uses the caller's RNG.
+
+    ``forward(x)`` returns logits (B, 1, C); ``cam_layer`` is the last e-block, the layer
+    to give :func:`fernb.explain.gradcam`.
+    """
+
+    def __init__(self, *, n_classes: int = 8, image_size: int | tuple[int, int] = 120,
+                 in_chans: int = 1, width: float = 1.0, rep_blocks: int = 3,
+                 rep_filters: int = 32, n_eblocks: int = 2, padding: str = "same",
+                 hidden: Sequence[int] = (512, 512), dropout: float = 0.0,
+                 seed: int | None = None) -> None:
+        super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+        if width <= 0:
+            raise ValueError(f"width must be positive (1.0 = the default architecture), "
+                             f"got {width}")
+        if rep_blocks < 1 or n_eblocks < 1:
+            raise ValueError(f"rep_blocks and n_eblocks must be at least 1, got rep_blocks="
+                             f"{rep_blocks}, n_eblocks={n_eblocks}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        shrink = 2 if padding == "valid" else 0  # pixels a 3x3 convolution removes
+        fh, fw = (_feature_side(s, rep_blocks, n_eblocks, shrink) for s in (h, w))
+        if fh < 1 or fw < 1:
+            raise ValueError(f"image_size={image_size} is too small for rep_blocks={rep_blocks}, "
+                             f"n_eblocks={n_eblocks} and padding={padding!r}: the feature map "
+                             f"vanishes; use a larger image, fewer blocks or padding='same'")
+        self.n_classes = n_classes
+        self.image_size = (h, w)
+        self.in_chans = in_chans
+        self.width = width
+        self.seed = seed
+        filters = [_scaled(rep_filters * 2**i, width) for i in range(rep_blocks)]
+        with self._init_stream(0):
+            self.representation = Representation(in_chans, filters, n_eblocks,
+                                                 0 if shrink else 1)
+            layers: list[nn.Module] = [nn.Flatten()]
+            n_in = filters[-1] * fh * fw
+            for units in hidden:
+                layers += [nn.Linear(n_in, units), nn.ReLU()]
+                if dropout:
+                    layers.append(nn.Dropout(dropout))
+                n_in = units
+            layers.append(nn.Linear(n_in, n_classes))
+            self.classifier = nn.Sequential(*layers)
+
+    def _init_stream(self, key: int | str) -> AbstractContextManager[None]:
+        return nullcontext() if self.seed is None else seeded(self.seed, key)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The last e-block: its output is the feature map Grad-CAM weighs."""
+        return self.representation.eblocks[-1]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"expected input (batch, {self.in_chans}, {self.image_size[0]}, "
+                             f"{self.image_size[1]}), got {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation ``h`` (B, C', H', W')."""
+        self._check_input(x)
+        return self.representation(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """``G(h)``: logits (B, 1, C)."""
+        return self.classifier(features).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))  # (B, 1, C)
+
+
+class RelevanceNet(BaselineCNN):
+    """The proposed network: facial-parts, representation and classification components.
+
+    Takes every argument of :class:`BaselineCNN`, and:
+
+    Args:
+        parts_blocks: encoder (and decoder) levels of the facial-parts component (L_E); the
+            image sides must be divisible by ``2**parts_blocks``.
+        parts_filters: filters of the first level, doubled per level.
+        map_activation: ``"linear"`` (the paper's text) or ``"sigmoid"``.
+        skip_connections: concatenate encoder features into the decoder (U-Net style).
+
+    ``forward_with_map(x)`` returns ((B, 1, C) logits, (B, 1, H, W) relevance map);
+    ``forward(x)`` the logits only.
+    """
+
+    def __init__(self, *, parts_blocks: int = 3, parts_filters: int = 32,
+                 map_activation: str = "linear", skip_connections: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if parts_blocks < 1:
+            raise ValueError(f"parts_blocks must be at least 1, got {parts_blocks}")
+        if any(side % 2**parts_blocks for side in self.image_size):
+            raise ValueError(f"image_size={self.image_size} must be divisible by "
+                             f"2**parts_blocks = {2**parts_blocks} so that the relevance map "
+                             f"comes back at the input's size; change parts_blocks or the size")
+        if map_activation not in MAP_ACTIVATIONS:
+            raise ValueError(f"map_activation must be one of {MAP_ACTIVATIONS}, got "
+                             f"{map_activation!r}")
+        filters = [_scaled(parts_filters * 2**i, self.width) for i in range(parts_blocks)]
+        with self._init_stream("facial_parts"):
+            self.facial_parts = FacialParts(self.in_chans, filters, map_activation,
+                                            skip_connections)
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, 1, C) and the relevance map ``x_hat`` (B, 1, H, W)."""
+        self._check_input(x)
+        relevance = self.facial_parts(x)  # (B, 1, H, W)
+        return self.forward_head(self.representation(x, relevance)), relevance
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation ``h = F(x, E(x))`` (B, C', H', W')."""
+        self._check_input(x)
+        return self.representation(x, self.facial_parts(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_map(x)[0]  # (B, 1, C)

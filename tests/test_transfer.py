@@ -1,0 +1,330 @@
+"""Three-stage FLL-to-FER transfer (Wadhawan & Gandhi 2023, Sec. III-D and V-B): eq. 1,
+inputs and targets, what each stage trains, resumption, landmark errors, augmentation."""
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import fernb.transfer as transfer
+from fernb.data.datasets import FaceDataset
+from fernb.data.transforms import apply_clahe
+from fernb.landmarks import PARTS, subset_flip_permutation
+from fernb.losses import member_l1
+from fernb.models.parts import PartNetwork, part_ensemble
+from fernb.train import History
+from fernb.transfer import (TransferConfig, TransferResult, equalized, error_table,
+                            expression_dataset, inputs, landmark_dataset, landmark_errors,
+                            landmark_targets, paper_augmentation, train_direct, train_members,
+                            train_transfer)
+
+SIZE = 16
+TINY = TransferConfig(landmark_epochs=2, head_epochs=1, finetune_epochs=2, direct_epochs=2,
+                      batch_size=8, patience=None)
+
+
+def faces(n: int = 12, seed: int = 0, landmarks: bool = True) -> FaceDataset:
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0, SIZE - 1, (n, 68, 2)).astype(np.float32) if landmarks else None
+    return FaceDataset(images=rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8),
+                       labels=np.arange(n) % 7, subjects=np.arange(n),
+                       classes=tuple("ADFHNSU"), landmarks=points, name="tiny")
+
+
+def tiny(part="mouth", seed=0):
+    torch.manual_seed(seed)
+    return PartNetwork(part=part, n_classes=7, width=0.125)
+
+
+def state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------ eq. 1, config
+
+def test_member_l1_is_eq1_summed_over_members():
+    outputs = torch.tensor([[[0.1, 0.5], [0.3, 0.3]],
+                            [[0.2, 0.9], [0.0, 1.0]]])  # (B=2, M=2, D=2)
+    targets = torch.tensor([[0.0, 0.5], [0.2, 1.0]])
+    # member 1: (0.1 + 0 + 0 + 0.1) / 4 = 0.05; member 2: (0.3 + 0.2 + 0.2 + 0) / 4 = 0.175
+    assert member_l1(outputs, targets).item() == pytest.approx(0.225)
+
+
+def test_config_defaults_are_the_papers():
+    c = TransferConfig()
+    assert (c.landmark_lr, c.head_lr, c.finetune_lr, c.direct_lr) == (1e-2, 1e-2, 1e-4, 1e-2)
+    assert (c.landmark_epochs, c.head_epochs + c.finetune_epochs, c.direct_epochs) == \
+        (100, 300, 400)  # CK+
+    assert (c.batch_size, c.betas, c.eps) == (32, (0.9, 0.999), 1e-7)
+
+
+@pytest.mark.parametrize("name, expected", [("ckplus", (400, 100, 290)),
+                                            ("jaffe", (300, 100, 190)),
+                                            ("sfew", (400, 200, 190))])
+def test_paper_epochs_per_dataset(name, expected):
+    c = TransferConfig.for_dataset(name)
+    assert (c.direct_epochs, c.landmark_epochs, c.finetune_epochs) == expected
+    assert TransferConfig.for_dataset(name, head_epochs=5).finetune_epochs == expected[2] + 5
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="the paper gives epochs"):
+        TransferConfig.for_dataset("fer2013")
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        TransferConfig.for_dataset("jaffe", head_epochs=200)
+    with pytest.raises(ValueError, match="finetune_lr"):
+        TransferConfig(finetune_lr=0)
+    with pytest.raises(ValueError, match="patience"):
+        TransferConfig(patience=0)
+
+
+# ---------------------------------------------------------------------- inputs, targets
+
+def test_inputs_scale_to_minus_one_one_on_three_channels():
+    ds = faces(2)
+    ds.images[0, 0, :3] = (0, 51, 255)
+    x = inputs(ds)
+    assert x.shape == (2, 3, SIZE, SIZE)
+    torch.testing.assert_close(x[0, :, 0, :3], torch.tensor([[-1.0, -0.6, 1.0]] * 3))
+
+
+def test_landmark_targets_by_hand_and_rows_without_landmarks_dropped():
+    ds = faces(3)
+    ds.landmarks[0, 48] = (4, 8)    # first mouth point
+    ds.landmarks[2, 67] = (12, 2)   # last mouth point
+    ds.landmarks[1, 50] = np.nan    # no detection for image 1
+    targets = landmark_targets(ds, "mouth")
+    assert targets.shape == (3, 40)
+    torch.testing.assert_close(targets[0, :2], torch.tensor([4 / 16, 8 / 16]))
+    torch.testing.assert_close(targets[2, -2:], torch.tensor([12 / 16, 2 / 16]))
+    data = landmark_dataset(ds, "mouth")
+    assert len(data) == 2 and torch.equal(data.tensors[1], targets[[0, 2]])
+    assert torch.equal(data.tensors[0], inputs(ds)[[0, 2]])
+    # The jaw's points are all there: nothing is dropped and the image tensor is shared.
+    x = inputs(ds)
+    assert landmark_dataset(ds, "jaw", x=x).tensors[0] is x
+    labels = expression_dataset(ds).tensors[1]
+    assert labels.tolist() == [0, 1, 2]
+
+
+def test_missing_landmarks_are_named():
+    with pytest.raises(ValueError, match="has no landmarks"):
+        landmark_targets(faces(2, landmarks=False), "eyes")
+    ds = faces(2)
+    ds.landmarks[:] = np.nan
+    with pytest.raises(ValueError, match="no image"):
+        landmark_dataset(ds, "eyes")
+
+
+def test_equalized_applies_clahe_to_every_image():
+    ds = faces(3)
+    out = equalized(ds)
+    assert all(np.array_equal(out.images[i], apply_clahe(ds.images[i])) for i in range(3))
+    assert not np.array_equal(out.images, ds.images) and out.labels is ds.labels
+
+
+# --------------------------------------------------------------------- landmark errors
+
+def constant_landmarks(part: str, value: float = 0.5) -> PartNetwork:
+    network = tiny(part)
+    torch.nn.init.zeros_(network.landmark_head[-1].weight)
+    torch.nn.init.constant_(network.landmark_head[-1].bias, value)
+    return network
+
+
+def test_landmark_error_by_hand():
+    ds = faces(3)
+    for part, (x, y) in {"jaw": (0, 0), "eyebrows": (8, 8), "nose": (4, 8), "eyes": (12, 4),
+                         "mouth": (8, 12)}.items():
+        ds.landmarks[:, list(PARTS[part])] = (x, y)
+    ds.landmarks[2, 30] = np.nan  # left out
+    # Predictions are 0.5 everywhere; nose targets are (4/16, 8/16) = (0.25, 0.5).
+    assert landmark_errors(constant_landmarks("nose"), ds) == {"nose": pytest.approx(0.125)}
+    errors = landmark_errors(constant_landmarks("full"), ds)
+    assert errors == pytest.approx({"jaw": 0.5, "eyebrows": 0.0, "nose": 0.125, "eyes": 0.25,
+                                    "mouth": 0.125,
+                                    "full": (17 * 0.5 + 9 * 0.125 + 12 * 0.25 + 20 * 0.125) / 68})
+    with pytest.raises(ValueError, match="Baseline"):
+        landmark_errors(tiny(None), ds)
+
+
+# ----------------------------------------------------------------------- three stages
+
+def test_each_stage_trains_what_the_paper_says(monkeypatch):
+    calls = []
+    real_fit = transfer.fit
+
+    def spy(model, *args, **kwargs):
+        net = model.network if isinstance(model, transfer._Landmarks) else model
+        before = {k: state(net, k) for k in ("features", "landmark_head", "head")}
+        history = real_fit(model, *args, **kwargs)
+        after = {k: state(net, k) for k in ("features", "landmark_head", "head")}
+        group = kwargs["param_groups"][0]
+        calls.append({"changed": {k for k in before if not same(before[k], after[k])},
+                      "lr": kwargs["lr"], "optimizer": kwargs["optimizer"],
+                      "eps": group["eps"], "betas": group["betas"],
+                      "n_params": len(group["params"]), "loss": kwargs.get("loss_fn"),
+                      "early": kwargs["early_stopping"], "batch": kwargs["batch_size"]})
+        return history
+
+    monkeypatch.setattr(transfer, "fit", spy)
+    network = tiny("eyes")
+    result = train_transfer(network, faces(), faces(6, seed=1), config=TINY, progress=False,
+                            device="cpu")
+    assert [c["changed"] for c in calls] == [{"features", "landmark_head"}, {"head"},
+                                             {"features", "head"}]
+    assert [c["lr"] for c in calls] == [1e-2, 1e-2, 1e-4]
+    assert all(c["optimizer"] == "adam" and c["eps"] == 1e-7 and c["betas"] == (0.9, 0.999)
+               and c["batch"] == 8 and c["early"] is None for c in calls)
+    assert calls[0]["loss"] is member_l1 and calls[1]["loss"] is None
+    # conv weight + bias and BN weight + bias per unit: 8 units x 4 tensors = 32 in the
+    # extractor; 4 in the landmark head; 6 in the expression head.
+    assert [c["n_params"] for c in calls] == [32 + 4, 6, 32 + 6]
+    assert isinstance(result, TransferResult)
+    assert [len(h) for h in (result.landmarks, result.head, result.finetune)] == [2, 1, 2]
+    assert set(result.error_before) == set(result.error_after) == {"eyes"}
+    assert all(p.requires_grad for p in network.parameters())
+
+
+def test_early_stopping_follows_the_config(monkeypatch):
+    seen = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(k["early_stopping"])
+                        or real_fit(*a, **k))
+    config = TransferConfig(landmark_epochs=1, head_epochs=1, finetune_epochs=1, batch_size=8,
+                            patience=3)
+    train_transfer(tiny(), faces(), faces(4, seed=1), config=config, progress=False,
+                   device="cpu")
+    train_transfer(tiny(), faces(), None, config=config, progress=False, device="cpu")
+    assert seen == [3, 3, 3, None, None, None]
+
+
+def test_errors_are_those_of_the_stage_one_head_before_and_after(tmp_path):
+    network, val = tiny("nose"), faces(6, seed=1)
+    result = train_transfer(network, faces(), val, config=TINY, checkpoint_dir=tmp_path,
+                            progress=False, device="cpu")
+    assert result.error_after == pytest.approx(landmark_errors(network, val))
+    stage1 = torch.load(tmp_path / "landmarks" / "last.pt", weights_only=True)["best_state"]
+    fresh = tiny("nose", seed=5)
+    transfer._Landmarks(fresh).load_state_dict(stage1)
+    assert result.error_before == pytest.approx(landmark_errors(fresh, val))
+    # The localisation head after fine-tuning is exactly the stage-1 head.
+    assert same(state(fresh, "landmark_head"), state(network, "landmark_head"))
+    assert not same(state(fresh, "features"), state(network, "features"))
+
+
+def test_rerun_resumes_from_the_stage_checkpoints(tmp_path):
+    first = tiny("jaw")
+    done = train_transfer(first, faces(), faces(6, seed=1), config=TINY,
+                          checkpoint_dir=tmp_path, progress=False, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune", "head", "landmarks"]
+    other = tiny("jaw", seed=9)  # other initial weights: only the checkpoints can agree
+    again = train_transfer(other, faces(), faces(6, seed=1), config=TINY,
+                           checkpoint_dir=tmp_path, progress=False, device="cpu")
+    assert same(first.state_dict(), other.state_dict())
+    assert again.finetune.to_frame().equals(done.finetune.to_frame())
+    assert again.error_before == done.error_before
+
+
+def test_direct_training_of_the_baseline(monkeypatch):
+    lrs = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: lrs.append(k["lr"]) or real_fit(*a, **k))
+    network = tiny(None)
+    history = train_direct(network, faces(), faces(6, seed=1), config=TINY, progress=False,
+                           device="cpu")
+    assert isinstance(history, History) and len(history) == 2 and lrs == [1e-2]
+
+
+def test_train_members_of_each_kind(tmp_path):
+    ftl = part_ensemble("ftl", n_networks=2, n_classes=7, width=0.125)
+    results = train_members(ftl, faces(), faces(6, seed=1), config=TINY,
+                            checkpoint_dir=tmp_path, progress=False, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["member_1_full", "member_2_full"]
+    table = error_table(results)
+    assert table.index.names == ["member", "part"] and len(table) == 2 * 6
+    np.testing.assert_allclose(table["change"], table["after"] - table["before"])
+    baseline = part_ensemble("baseline", n_networks=2, n_classes=7, width=0.125)
+    histories = train_members(baseline, faces(), None, config=TINY, progress=False,
+                              device="cpu")
+    assert all(isinstance(h, History) and len(h) == 2 for h in histories)
+    with pytest.raises(ValueError, match="no TransferResult"):
+        error_table(histories)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="train_direct"):
+        train_transfer(tiny(None), faces(), config=TINY)
+    with pytest.raises(ValueError, match="has no landmarks"):
+        train_transfer(tiny(), faces(landmarks=False), config=TINY)
+    with pytest.raises(TypeError, match="PartNetworks"):
+        train_members(torch.nn.Linear(2, 2), faces(), config=TINY)
+    with pytest.raises(ValueError, match="part must be one of"):
+        paper_augmentation(SIZE, part="ears")
+    with pytest.raises(ValueError, match="shift"):
+        paper_augmentation(SIZE, shift=1.5)
+
+
+# ------------------------------------------------------------------------- augmentation
+
+def test_subset_flip_permutation_by_hand():
+    # Eyes 36-47: 36<->45, 37<->44, 38<->43, 39<->42, 40<->47, 41<->46, as positions 0-11.
+    assert subset_flip_permutation(PARTS["eyes"]).tolist() == [9, 8, 7, 6, 11, 10,
+                                                               3, 2, 1, 0, 5, 4]
+    # Nose 27-35: the bridge 27-30 and the tip 33 stay, 31<->35 and 32<->34.
+    assert subset_flip_permutation(PARTS["nose"]).tolist() == [0, 1, 2, 3, 8, 7, 6, 5, 4]
+    with pytest.raises(ValueError, match="mirror"):
+        subset_flip_permutation((36, 37))
+
+
+def test_flip_swaps_the_parts_left_and_right_points():
+    x = torch.rand(2, 3, SIZE, SIZE)
+    ds = faces(2)
+    y = landmark_targets(ds, "eyes")
+    out_x, out_y = paper_augmentation(SIZE, part="eyes", flip=1.0, degrees=0, shift=0)(x, y)
+    torch.testing.assert_close(out_x, x.flip(-1))
+    # Point 36 (position 0) becomes the mirror of point 45; point 40 that of point 47.
+    for i, j in ((0, 9), (4, 11)):
+        src = ds.landmarks[:, 36 + j]
+        expected = torch.tensor(np.stack([(SIZE - 1 - src[:, 0]) / SIZE, src[:, 1] / SIZE], 1))
+        torch.testing.assert_close(out_y[:, 2 * i:2 * i + 2], expected)
+
+
+def test_rotation_keeps_distances_to_the_centre_and_labels_pass_through():
+    torch.manual_seed(0)
+    y = landmark_targets(faces(4), "mouth")
+    _, out = paper_augmentation(SIZE, part="mouth", flip=0.0, shift=0.0)(torch.rand(4, 3, SIZE,
+                                                                                    SIZE), y)
+    centre = (SIZE - 1) / 2
+    radius = ((y.view(4, -1, 2) * SIZE - centre) ** 2).sum(-1)
+    torch.testing.assert_close(((out.view(4, -1, 2) * SIZE - centre) ** 2).sum(-1), radius)
+    assert not torch.allclose(out, y)
+    labels = torch.tensor([0, 3, 5, 6])
+    _, same_labels = paper_augmentation(SIZE)(torch.rand(4, 3, SIZE, SIZE), labels)
+    assert torch.equal(same_labels, labels)
+
+
+def test_translation_moves_every_point_of_an_image_alike():
+    torch.manual_seed(1)
+    y = landmark_targets(faces(6), "jaw")
+    _, out = paper_augmentation(SIZE, part="jaw", flip=0.0, degrees=0,
+                                shift=0.25)(torch.rand(6, 3, SIZE, SIZE), y)
+    moved = (out - y).view(6, -1, 2) * SIZE  # pixels
+    torch.testing.assert_close(moved, moved[:, :1].expand_as(moved))
+    offsets = moved[:, 0]
+    assert torch.allclose(offsets, offsets.round(), atol=1e-4) and offsets.abs().max() <= 4
+    assert offsets.abs().sum() > 0
+
+
+def test_training_with_the_papers_augmentation():
+    network = tiny("eyebrows")
+    result = train_transfer(network, faces(), faces(6, seed=1), config=TINY,
+                            augment=functools.partial(paper_augmentation, SIZE),
+                            progress=False, device="cpu")
+    assert np.isfinite(result.landmarks.to_frame()["train_loss"]).all()
+    assert copy.deepcopy(network)(inputs(faces(2))).shape == (2, 1, 7)
