@@ -21,14 +21,7 @@ book: setup
 	$(BIN)/fernb book --profile $(PROFILE)
 
 book-student: setup
-	@test -d book/_generated || (echo "run 'make book' first" && exit 1)
-	mkdir -p _build
-	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
-	  c['sphinx']['config']['hide_solutions'] = True; \
-	  yaml.safe_dump(c, open('_build/student_config.yml', 'w'))"
-	$(BIN)/jupyter-book build . --config _build/student_config.yml \
-	  --path-output _build/student --warningiserror
-	@echo "student book (no solutions): _build/student/_build/html/index.html"
+	$(BIN)/fernb student-book
 
 bench: setup
 	$(BIN)/python benchmarks/bench_synthetic.py

@@ -1,4 +1,4 @@
-"""The ``fernb`` command: ``book``, ``run``, ``params`` and ``data``."""
+"""The ``fernb`` command: ``book``, ``run``, ``params``, ``student-book`` and ``data``."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,12 @@ def _cmd_book(args: argparse.Namespace) -> int:
     only = [n.strip() for n in args.only.split(",")] if args.only else None
     runner.run_book(profile=args.profile, only=only, build=not args.no_build,
                     timeout=args.timeout)
+    return 0
+
+
+def _cmd_student_book(args: argparse.Namespace) -> int:
+    html = runner.build_student_book()
+    print(f"student book (no solutions): {html / 'index.html'}")
     return 0
 
 
@@ -80,17 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-build", action="store_true", help="run notebooks only")
     book.set_defaults(func=_cmd_book)
 
-    data = sub.add_parser("data", help="synthetic data export and real-dataset checks")
+    student = sub.add_parser("student-book", help="build the book without solutions from the "
+                             "chapters `fernb book` ran (_build/student)")
+    student.set_defaults(func=_cmd_student_book)
+
+    data = sub.add_parser("data", help="synthetic data export and dataset checks")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    synth = dsub.add_parser("synth", help="export a synthetic set (PNG images + labels.csv)")
+    synth = dsub.add_parser("synth", help="export a synthetic set in the `folder` layout (PNG "
+                            "images + labels.csv), readable with -p dataset folder")
     synth.add_argument("--preset", default="synth-lab", choices=["synth-lab", "synth-wild"])
     synth.add_argument("--size", type=int, default=96)
     synth.add_argument("--n-subjects", type=int, default=40)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True)
     synth.set_defaults(func=_cmd_data_synth)
-    check = dsub.add_parser("check", help="validate a real dataset's layout before training")
-    check.add_argument("name", help="ckplus, jaffe, sfew, fer2013, ferplus, rafdb, affectnet")
+    check = dsub.add_parser("check", help="validate a dataset's layout and decode every image")
+    check.add_argument("name", help="ckplus, jaffe, sfew, fer2013, ferplus, rafdb, affectnet "
+                       "or folder")
     check.add_argument("--root", type=Path, required=True)
     check.set_defaults(func=_cmd_data_check)
     dsub.add_parser("list", help="registered dataset names").set_defaults(func=_cmd_data_list)

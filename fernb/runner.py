@@ -192,7 +192,7 @@ def _check_data(params: dict[str, Any]) -> None:
         if not root:
             raise ParameterError(f"{name_key} {name!r} needs its folder: add -p {root_key} "
                                  f"/path/to/it")
-        report = check_dataset(name, root)
+        report = check_dataset(name, root, decode=False)  # the reader decodes every image
         if not report.ok:
             raise ParameterError(f"the {name} folder {root} does not match the expected "
                                  f"layout (see the book page 'Running on the real "
@@ -490,6 +490,39 @@ def build_book(root: Path | None = None, config: Path | None = None,
     done = subprocess.run(cmd, cwd=root)
     if done.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed (exit {done.returncode}); see above")
+
+
+def student_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The book's ``_config.yml`` for students: exercises without solutions, and no other
+    way to reach them (no copied page sources or .ipynb download button, no launch buttons
+    that open the notebooks with their solutions)."""
+    student = json.loads(json.dumps(config))
+    sphinx = student.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx["hide_solutions"] = True
+    sphinx["html_copy_source"] = False
+    sphinx.setdefault("html_theme_options", {})["use_download_button"] = False
+    student["launch_buttons"] = {"binderhub_url": "", "colab_url": "", "jupyterhub_url": "",
+                                 "thebe": False}
+    student.setdefault("html", {})["use_repository_button"] = False
+    return student
+
+
+def build_student_book(root: Path | None = None) -> Path:
+    """Build the student book from the chapters ``fernb book`` published; returns the folder
+    of its HTML (``_build/student/_build/html``)."""
+    root = root or project_root()
+    generated = root / "book" / "_generated"
+    missing = [n for n in notebook_names(root) if not (generated / f"{n}.ipynb").exists()]
+    if missing:
+        raise NotebookError(f"cannot build the student book: chapters never run: {missing}; "
+                            f"run `fernb book` (or `make book`) first")
+    config = root / "_build" / "student_config.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config, yaml.safe_dump(
+        student_config(yaml.safe_load((root / "_config.yml").read_text())), sort_keys=False))
+    with hold(generated, "the book"):
+        build_book(root, config=config, output=root / "_build" / "student")
+    return root / "_build" / "student" / "_build" / "html"
 
 
 def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool = True,

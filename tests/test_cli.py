@@ -13,9 +13,20 @@ def test_data_synth_exports_images_and_labels(tmp_path: Path, capsys) -> None:
                      "--n-subjects", "2", "--seed", "0", "--out", str(out)])
     assert code == 0 and "wrote 56 faces" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "labels.csv").open()))
-    assert len(rows) == 56 and (out / rows[0]["file"]).exists()
-    assert {r["emotion"] for r in rows} == {"neutral", "happiness", "sadness", "surprise",
+    assert len(rows) == 56 and (out / rows[0]["path"]).exists()
+    assert {r["label"] for r in rows} == {"neutral", "happiness", "sadness", "surprise",
                                             "fear", "disgust", "anger", "contempt"}
+
+
+def test_data_synth_output_is_checked_and_read_as_the_folder_dataset(tmp_path: Path,
+                                                                      capsys) -> None:
+    from fernb.data import load_dataset
+    out = tmp_path / "synth"
+    assert cli.main(["data", "synth", "--preset", "synth-wild", "--size", "48",
+                     "--n-subjects", "2", "--out", str(out)]) == 0
+    assert cli.main(["data", "check", "folder", "--root", str(out)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert len(load_dataset("folder", root=str(out), size=48)) == 80
 
 
 def test_data_check_exit_codes(tmp_path: Path, capsys) -> None:

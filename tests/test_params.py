@@ -127,3 +127,13 @@ def test_every_profile_passes_the_value_checks():
             if profile == "paper":  # the paper profile needs the real datasets' folders
                 problems = [p for p in problems if "needs its folder" not in p]
             assert not problems, (profile, name, problems)
+
+
+def test_the_folder_dataset_is_checked_before_the_kernel(tmp_path):
+    from fernb.data.synthetic import export, generate
+    out = export(generate("synth-lab", n_subjects=6, size=48), tmp_path / "mine")
+    runner.prepare("01_esr", overrides={"dataset": "folder", "data_root": str(out)}, root=ROOT)
+    (out / "labels.csv").unlink()
+    with pytest.raises(ParameterError, match="missing labels.csv"):
+        runner.prepare("01_esr", overrides={"dataset": "folder", "data_root": str(out)},
+                       root=ROOT)

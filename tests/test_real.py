@@ -156,8 +156,18 @@ def test_missing_root_and_folders_fail_fast_with_what_to_fix(tmp_path):
         ckplus(tmp_path / "ck")
     with pytest.raises(ValueError, match="data_root"):
         ckplus(None)
-    with pytest.raises(ValueError, match="unknown real dataset"):
+    with pytest.raises(ValueError, match="unknown dataset layout"):
         check_dataset("ck+", tmp_path)
+
+
+@pytest.mark.parametrize("name, needs", [("ckplus", "cohn-kanade-images/, Emotion/ and "
+                                                     "Landmarks/"),
+                                         ("folder", "labels.csv")])
+def test_a_missing_root_says_which_folders_the_layout_needs(tmp_path, name, needs, capsys):
+    from fernb import cli
+    assert cli.main(["data", "check", name, "--root", str(tmp_path / "MISSING")]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING is not a folder" in out and needs in out
 
 
 def test_unreadable_images_are_listed(tmp_path):
@@ -166,9 +176,82 @@ def test_unreadable_images_are_listed(tmp_path):
     bad.write_bytes(b"not an image")
     report = check_dataset("ckplus", root)
     assert not report.ok
-    assert any("1 unreadable image(s)" in p and bad.name in p for p in report.problems)
-    with pytest.raises(ValueError, match="unreadable"):
+    assert any("1 image(s) do not decode completely" in p and bad.name in p
+               for p in report.problems)
+    with pytest.raises(ValueError, match="are not readable images.*S005_001_00000005"):
         ckplus(root)
+
+
+def test_a_truncated_jpeg_is_caught_by_check_and_refused_by_the_reader(tmp_path):
+    """A truncated file has a valid signature: only decoding it finds the damage."""
+    import cv2
+    from fernb.data.real import rafdb
+    root = write_rafdb(tmp_path / "raf")
+    victim = sorted((root / "Image" / "aligned").glob("*.jpg"))[0]
+    noise = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    cv2.imwrite(str(victim.with_suffix(".tmp.jpg")), noise)
+    data = victim.with_suffix(".tmp.jpg").read_bytes()
+    victim.with_suffix(".tmp.jpg").unlink()
+    victim.write_bytes(data[: len(data) // 2])
+    report = check_dataset("rafdb", root)
+    assert any("do not decode completely" in p and victim.name in p for p in report.problems)
+    assert check_dataset("rafdb", root, decode=False).ok, "a signature check cannot see it"
+    with pytest.raises(ValueError, match=f"(?s)do not decode completely.*{victim.name}"):
+        rafdb(root, size=24)
+
+
+def test_a_truncated_png_is_caught_in_a_folder_dataset(tmp_path):
+    from fernb.data.real import folder
+    from fernb.data.synthetic import export, generate
+    out = export(generate("synth-lab", n_subjects=2, size=48), tmp_path / "f")
+    victim = out / "images" / "000003.png"
+    victim.write_bytes(victim.read_bytes()[:200])
+    report = check_dataset("folder", out)
+    assert any("do not decode completely" in p and "000003.png" in p for p in report.problems)
+    with pytest.raises(ValueError, match="(?s)do not decode completely.*000003.png"):
+        folder(out, size=48)
+
+
+def test_ckplus_missing_peak_frame_is_reported(tmp_path):
+    """The emotion file names the peak frame; without it the last frames are not the peak."""
+    root = write_ckplus(tmp_path / "ck", n_subjects=1, n_sequences=1, n_frames=5)
+    peak = root / "cohn-kanade-images" / "S005" / "001" / "S005_001_00000005.png"
+    peak.unlink()
+    report = check_dataset("ckplus", root)
+    assert any("peak frame(s) named by an emotion file are missing" in p
+               and "S005_001_00000005.png" in p for p in report.problems)
+    with pytest.raises(ValueError, match="S005_001_00000005.png"):
+        ckplus(root)
+
+
+def test_ckplus_frames_after_the_peak_are_not_labelled(tmp_path):
+    root = write_ckplus(tmp_path / "ck", n_subjects=1, n_sequences=1, n_frames=5)
+    extra = root / "cohn-kanade-images" / "S005" / "001" / "S005_001_00000006.png"
+    extra.write_bytes((extra.parent / "S005_001_00000005.png").read_bytes())
+    (root / "Landmarks" / "S005" / "001" / "S005_001_00000006_landmarks.txt").write_text(
+        (root / "Landmarks" / "S005" / "001" / "S005_001_00000005_landmarks.txt").read_text())
+    ds = ckplus(root, size=24, crop="landmarks")
+    assert list(ds.meta["frame"][ds.meta["sequence"] == "S005_001"]) == [1, 3, 4, 5]
+
+
+def test_folder_dataset_check_names_each_bad_row(tmp_path):
+    import pandas as pd
+    from fernb.data.synthetic import export, generate
+    out = export(generate("synth-lab", n_subjects=2, size=48), tmp_path / "f")
+    assert check_dataset("folder", out).ok
+    table = pd.read_csv(out / "labels.csv", dtype={"subject": object})
+    table.loc[3, "label"] = "joy"
+    table.loc[4, "subject"] = "x"
+    table.loc[5, "x3"] = np.nan
+    table.to_csv(out / "labels.csv", index=False)
+    (out / table.loc[6, "path"]).unlink()
+    problems = " ".join(check_dataset("folder", out).problems)
+    assert "1 label(s) are not one of" in problems and "lines 5" in problems
+    assert "1 subject value(s) are not integers: lines 6" in problems
+    assert "missing landmark values: lines 7" in problems
+    assert "1 listed image(s) missing" in problems and table.loc[6, "path"] in problems
+    table.drop(columns="subject").to_csv(out / "labels.csv", index=False)
+    assert "lacks column(s) ['subject']" in check_dataset("folder", out).problems[0]
 
 
 def test_labels_without_images_are_problems(tmp_path):

@@ -293,15 +293,52 @@ def test_export_layout(tmp_path) -> None:
     out = export(ds, tmp_path / "out")
     table = pd.read_csv(out / "labels.csv")
     assert len(table) == len(ds)
-    assert {"index", "file", "label", "emotion", "subject", "valence", "arousal"} <= set(table)
+    assert list(table.columns[:3]) == ["path", "label", "subject"]
+    assert {"valence", "arousal"} <= set(table)
     assert {f"p_{c}" for c in ds.classes} <= set(table)
     assert {f"x{k}" for k in range(68)} | {f"y{k}" for k in range(68)} <= set(table)
     assert set(AU_NAMES) <= set(table)
     row = table.iloc[5]
-    img = cv2.imread(str(out / row["file"]), cv2.IMREAD_GRAYSCALE)
+    img = cv2.imread(str(out / row["path"]), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(img, ds.images[5])
-    assert row["emotion"] == ds.classes[ds.labels[5]]
+    assert row["label"] == ds.classes[ds.labels[5]]
     np.testing.assert_allclose([row["x30"], row["y30"]], ds.landmarks[5, 30], atol=1e-4)
     assert "landmarks" in (out / "README.txt").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no temporary folder is left"
+    with pytest.raises(FileExistsError, match="not empty"):
+        export(ds, out)
     with pytest.raises(TypeError, match="FaceDataset"):
         export(ds.images, tmp_path / "bad")
+
+
+def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch) -> None:
+    ds = generate("synth-lab", n_subjects=2, size=48, seed=0)
+    calls = []
+
+    def fail(path, image):
+        calls.append(path)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return True
+
+    monkeypatch.setattr(cv2, "imwrite", fail)
+    with pytest.raises(KeyboardInterrupt):
+        export(ds, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_reads_back_as_the_folder_dataset(tmp_path) -> None:
+    ds = generate("synth-wild", n_subjects=3, size=48, seed=1)
+    out = export(ds, tmp_path / "wild")
+    back = datasets.load_dataset("folder", root=str(out), size=48)
+    assert back.classes == ds.classes and len(back) == len(ds)
+    np.testing.assert_array_equal(back.images, ds.images)
+    np.testing.assert_array_equal(back.labels, ds.labels)
+    np.testing.assert_array_equal(back.subjects, ds.subjects)
+    np.testing.assert_allclose(back.landmarks, ds.landmarks, atol=1e-4)
+    np.testing.assert_allclose(back.valence_arousal, ds.valence_arousal, atol=1e-6)
+    np.testing.assert_allclose(back.mixtures, ds.mixtures, atol=1e-6)
+    smaller = datasets.load_dataset("folder", root=str(out), size=24 * 2 - 8)
+    assert smaller.image_size == (40, 40)
+    np.testing.assert_allclose(smaller.landmarks, (ds.landmarks + 0.5) * 40 / 48 - 0.5,
+                               atol=1e-3)

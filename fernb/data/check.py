@@ -1,11 +1,14 @@
-"""Layout check for the real datasets: is everything where the official release puts it?
+"""Layout check for the real datasets and the generic ``folder`` dataset: is everything where
+it should be, and does every image decode?
 
 ``check_dataset(name, root)`` parses the dataset's label files into an index table (one row per
 image the readers in :mod:`fernb.data.real` will load), lists missing files and folders,
-unreadable images (by their file signature, without decoding), labels that do not match an
-image, and compares class counts with the published split sizes in :data:`PUBLISHED_SIZES`.
-Differing counts are warnings (a subset is a legitimate choice); everything else is a problem.
-Every reader runs this first, so a wrong path fails in seconds with a message saying what to fix.
+images that do not decode completely (each by path; a truncated PNG or JPEG is caught),
+labels that do not match an image, and compares class counts with the published split sizes in
+:data:`PUBLISHED_SIZES`. Differing counts are warnings (a subset is a legitimate choice);
+everything else is a problem. ``decode=False`` checks file signatures only: the runner uses it
+before a chapter starts, so a wrong path fails in seconds, and the reader then decodes every
+image and refuses the dataset if one is incomplete.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from fernb.labels import (AFFECTNET_CODES, CKPLUS_CODES, EMOTIONS_8, FER2013_CODES,
                           FERPLUS_COLUMNS, JAFFE_CODES, RAFDB_CODES, SFEW_FOLDERS)
@@ -71,6 +75,7 @@ class CheckReport:
     Attributes:
         name: dataset name.
         root: the folder that was checked.
+        decode: whether every image was decoded (else file signatures only).
         problems: what must be fixed before the dataset can be read.
         warnings: differences worth knowing (e.g. class counts of a subset).
         summary: ``{split: {"count": n, "classes": {class: [found, published]}}}``.
@@ -79,6 +84,7 @@ class CheckReport:
 
     name: str
     root: Path
+    decode: bool = True
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -108,8 +114,21 @@ def _listing(items: Iterable[Any]) -> str:
     return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def unreadable_images(paths: Iterable[Path]) -> list[Path]:
-    """Files that are missing, empty, or lack a PNG/JPEG/TIFF/BMP signature (no decoding)."""
+def decode_problem(path: str | Path) -> str | None:
+    """Why ``path`` does not decode completely (missing, not an image, truncated), or None.
+    Pillow decodes every pixel and raises on a truncated PNG or JPEG, where OpenCV would
+    return a partly grey image with only a warning on stderr."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return str(err) or type(err).__name__
+    return None
+
+
+def unreadable_images(paths: Iterable[Path], *, decode: bool = True) -> list[Path]:
+    """Files that are missing or empty, lack a PNG/JPEG/TIFF/BMP signature, or (with
+    ``decode``) do not decode completely."""
     bad = []
     for path in paths:
         try:
@@ -118,7 +137,7 @@ def unreadable_images(paths: Iterable[Path]) -> list[Path]:
         except OSError:
             bad.append(path)
             continue
-        if not head.startswith(_SIGNATURES):
+        if not head.startswith(_SIGNATURES) or (decode and decode_problem(path) is not None):
             bad.append(path)
     return bad
 
@@ -131,9 +150,11 @@ def _require(report: CheckReport, paths: dict[str, Path], hint: str) -> bool:
 
 
 def _check_images(report: CheckReport, paths: Iterable[Path]) -> None:
-    bad = unreadable_images(paths)
+    bad = unreadable_images(paths, decode=report.decode)
     if bad:
-        report.problems.append(f"{len(bad)} unreadable image(s): "
+        what = "do not decode completely (missing, not an image, or truncated)" \
+            if report.decode else "are not readable images"
+        report.problems.append(f"{len(bad)} image(s) {what}: "
                                f"{_listing(p.relative_to(report.root) for p in bad)}")
 
 
@@ -143,7 +164,7 @@ def _ckplus(report: CheckReport) -> pd.DataFrame:
                     "unpack extended-cohn-kanade-images.zip, Emotion_labels.zip and "
                     "Landmarks.zip into one folder and pass that folder"):
         return pd.DataFrame()
-    rows, orphans, bad_codes, short = [], [], [], []
+    rows, orphans, bad_codes, short, no_peak = [], [], [], [], []
     for emo_file in sorted((root / "Emotion").glob("S*/*/*_emotion.txt")):
         subject, sequence = emo_file.parent.parent.name, emo_file.parent.name
         rel = emo_file.relative_to(root)
@@ -154,10 +175,17 @@ def _ckplus(report: CheckReport) -> pd.DataFrame:
         if code not in CKPLUS_CODES or code == 0:
             bad_codes.append(rel)
             continue
-        frames = sorted((root / "cohn-kanade-images" / subject / sequence).glob("*.png"))
+        folder = root / "cohn-kanade-images" / subject / sequence
+        frames = sorted(folder.glob("*.png"))
         if not frames:
             orphans.append(rel)
             continue
+        # The emotion file names the peak frame: S005_001_00000011_emotion.txt -> frame 11.
+        peak = folder / emo_file.name.replace("_emotion.txt", ".png")
+        if peak not in frames:
+            no_peak.append(f"{peak.relative_to(root)} (named by {rel.name})")
+            continue
+        frames = frames[:frames.index(peak) + 1]
         if len(frames) < 4:
             short.append(f"{subject}/{sequence}")
             continue
@@ -173,8 +201,13 @@ def _ckplus(report: CheckReport) -> pd.DataFrame:
     if orphans:
         report.problems.append(f"{len(orphans)} emotion file(s) whose image sequence is missing "
                                f"in cohn-kanade-images: {_listing(orphans)}")
+    if no_peak:
+        report.problems.append(f"{len(no_peak)} peak frame(s) named by an emotion file are "
+                               f"missing, so the last three frames cannot be labelled: "
+                               f"{_listing(no_peak)}")
     if short:
-        report.problems.append(f"{len(short)} sequence(s) with fewer than 4 frames: {_listing(short)}")
+        report.problems.append(f"{len(short)} sequence(s) with fewer than 4 frames up to the "
+                               f"peak: {_listing(short)}")
     index = pd.DataFrame(rows)
     if index.empty:
         report.problems.append("no labelled sequences found (Emotion/S###/###/*_emotion.txt)")
@@ -439,14 +472,89 @@ def _affectnet(report: CheckReport) -> pd.DataFrame:
                          "arousal": frame["arousal"].astype(float)})
 
 
+FOLDER_LABELS = "labels.csv"
+FOLDER_REQUIRED = ("path", "label", "subject")
+FOLDER_SPLITS = ("train", "val", "test")
+
+
+def landmark_columns(n: int = 68) -> list[str]:
+    """The ``folder`` layout's landmark columns: x0, y0, x1, y1, ... (pixels)."""
+    return [c for k in range(n) for c in (f"x{k}", f"y{k}")]
+
+
+def _folder(report: CheckReport) -> pd.DataFrame:
+    """Images anywhere under the folder plus ``labels.csv``: path (relative to the folder),
+    label (an emotion name of :data:`fernb.labels.EMOTIONS_8`), subject (an integer) and,
+    optionally, split (train/val/test), landmarks x0..x67, y0..y67 (pixels of the image) and
+    valence, arousal (in [-1, 1])."""
+    root = report.root
+    csv = root / FOLDER_LABELS
+    if not _require(report, {FOLDER_LABELS: csv}, "write a labels.csv with the columns "
+                    f"{', '.join(FOLDER_REQUIRED)} (and optionally split, x0..y67, valence, "
+                    "arousal) next to the images, or export one with `fernb data synth`"):
+        return pd.DataFrame()
+    frame = pd.read_csv(csv, dtype={"path": str, "label": str, "split": str})
+    missing = [c for c in FOLDER_REQUIRED if c not in frame.columns]
+    if missing:
+        report.problems.append(f"{FOLDER_LABELS} lacks column(s) {missing}; it has "
+                               f"{list(frame.columns)}")
+        return pd.DataFrame()
+    if frame.empty:
+        report.problems.append(f"{FOLDER_LABELS} lists no images")
+        return pd.DataFrame()
+    rows = frame.index + 2  # CSV line numbers (header is line 1)
+    bad_label = ~frame["label"].isin(EMOTIONS_8)
+    if bad_label.any():
+        report.problems.append(f"{int(bad_label.sum())} label(s) are not one of "
+                               f"{list(EMOTIONS_8)}: lines {_listing(rows[bad_label])}")
+    subject = pd.to_numeric(frame["subject"], errors="coerce")
+    bad_subject = subject.isna() | (subject != subject.round())
+    if bad_subject.any():
+        report.problems.append(f"{int(bad_subject.sum())} subject value(s) are not integers: "
+                               f"lines {_listing(rows[bad_subject])}")
+    if "split" in frame.columns:
+        bad_split = ~frame["split"].isin(FOLDER_SPLITS)
+        if bad_split.any():
+            report.problems.append(f"{int(bad_split.sum())} split value(s) are not one of "
+                                   f"{list(FOLDER_SPLITS)}: lines {_listing(rows[bad_split])}")
+    marks = landmark_columns()
+    present = [c for c in marks if c in frame.columns]
+    if present and len(present) != len(marks):
+        report.problems.append(f"landmark columns must be all of x0, y0 .. x67, y67 or none; "
+                               f"{len(present)} of {len(marks)} found")
+    elif present and not np.isfinite(frame[marks].to_numpy(dtype=float)).all():
+        bad = ~np.isfinite(frame[marks].to_numpy(dtype=float)).all(axis=1)
+        report.problems.append(f"{int(bad.sum())} row(s) with missing landmark values: "
+                               f"lines {_listing(rows[bad])}")
+    affect = [c for c in ("valence", "arousal") if c in frame.columns]
+    if len(affect) == 1:
+        report.problems.append("give both valence and arousal, or neither")
+    elif affect:
+        va = frame[["valence", "arousal"]].to_numpy(dtype=float)
+        bad = ~(np.isfinite(va) & (np.abs(va) <= 1)).all(axis=1)
+        if bad.any():
+            report.problems.append(f"{int(bad.sum())} valence/arousal value(s) outside "
+                                   f"[-1, 1]: lines {_listing(rows[bad])}")
+    paths = [root / p for p in frame["path"]]
+    exists = np.array([p.is_file() for p in paths])
+    if not exists.all():
+        report.problems.append(f"{int((~exists).sum())} listed image(s) missing: "
+                               f"{_listing(frame['path'][~exists])}")
+    else:
+        _check_images(report, paths)
+    index = pd.DataFrame({"path": paths, "emotion": frame["label"], "subject": subject,
+                          "split": frame["split"] if "split" in frame.columns else "all"})
+    return pd.concat([index, frame.drop(columns=[c for c in index if c in frame])], axis=1)
+
+
 LAYOUTS: dict[str, Callable[[CheckReport], pd.DataFrame]] = {
     "ckplus": _ckplus, "jaffe": _jaffe, "sfew": _sfew, "fer2013": _fer2013,
-    "ferplus": _ferplus, "rafdb": _rafdb, "affectnet": _affectnet,
+    "ferplus": _ferplus, "rafdb": _rafdb, "affectnet": _affectnet, "folder": _folder,
 }
 
 
 def _summarise(report: CheckReport) -> None:
-    published = PUBLISHED_SIZES[report.name]
+    published = PUBLISHED_SIZES.get(report.name, {})
     index = report.index if not report.index.empty else pd.DataFrame(columns=["split", "emotion"])
     order = {"all": 0, "train": 1, "val": 2, "test": 3}
     for split in sorted(set(index["split"]) | set(published), key=lambda s: (order.get(s, 4), s)):
@@ -463,35 +571,50 @@ def _summarise(report: CheckReport) -> None:
                                    f"counts below); fine for a deliberate subset")
 
 
-def check_dataset(name: str, root: str | Path | None) -> CheckReport:
-    """Check a real dataset's folder against its official layout.
+# What each layout needs at its top level, for a root that is not a folder at all.
+NEEDS: dict[str, str] = {
+    "ckplus": "cohn-kanade-images/, Emotion/ and Landmarks/",
+    "jaffe": "the .tiff images (e.g. KA.AN1.39.tiff)",
+    "sfew": "Train/ and Val/, one subfolder per expression",
+    "fer2013": "fer2013.csv",
+    "ferplus": "fer2013.csv and fer2013new.csv",
+    "rafdb": "EmoLabel/list_patition_label.txt and Image/aligned/",
+    "affectnet": "Manually_Annotated_file_lists/ and Manually_Annotated_Images/",
+    "folder": "labels.csv and the images it lists",
+}
+
+
+def check_dataset(name: str, root: str | Path | None, *, decode: bool = True) -> CheckReport:
+    """Check a dataset's folder against its layout.
 
     Args:
         name: one of :data:`LAYOUTS` ("ckplus", "jaffe", "sfew", "fer2013", "ferplus",
-            "rafdb", "affectnet").
+            "rafdb", "affectnet", "folder").
         root: the folder holding the unpacked release (see the book page "Running on the
             real datasets" for each expected tree).
+        decode: decode every image (slow on large sets); False checks file signatures only.
     Returns:
         A :class:`CheckReport`; ``report.ok`` is False when something must be fixed.
     """
     if name not in LAYOUTS:
-        raise ValueError(f"unknown real dataset {name!r}; expected one of {sorted(LAYOUTS)}")
+        raise ValueError(f"unknown dataset layout {name!r}; expected one of {sorted(LAYOUTS)}")
     if root is None:
         raise ValueError(f"dataset {name!r} needs its folder: pass root=/path/to/{name} "
                          f"(or -p data_root /path/to/{name})")
-    report = CheckReport(name=name, root=Path(root).expanduser().resolve())
+    report = CheckReport(name=name, root=Path(root).expanduser().resolve(), decode=decode)
     if not report.root.is_dir():
-        report.problems.append(f"{report.root} is not a folder; pass the folder that holds the "
-                               f"unpacked {name} release")
+        report.problems.append(f"{report.root} is not a folder; pass the folder that holds "
+                               f"{NEEDS[name]}")
         return report
     report.index = LAYOUTS[name](report)
     _summarise(report)
     return report
 
 
-def ensure_ok(name: str, root: str | Path | None) -> CheckReport:
-    """Run :func:`check_dataset` and raise ``ValueError`` with the formatted report if not ok."""
-    report = check_dataset(name, root)
+def ensure_ok(name: str, root: str | Path | None, *, decode: bool = False) -> CheckReport:
+    """Run :func:`check_dataset` and raise ``ValueError`` with the formatted report if not ok
+    (the readers decode every image themselves and refuse incomplete ones)."""
+    report = check_dataset(name, root, decode=decode)
     if not report.ok:
         raise ValueError(f"the {name} layout check failed; fix the problems below "
                          f"(or run `fernb data check {name} --root DIR`):\n{report.format()}")

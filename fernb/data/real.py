@@ -1,11 +1,14 @@
-"""Readers for the real datasets of the five papers, each in its official release layout.
+"""Readers for the real datasets of the five papers, each in its official release layout, and
+for the generic ``folder`` dataset (images plus ``labels.csv``, how users bring their own data
+and what ``fernb data synth`` writes).
 
 CK+ (ESR, Ferreira, Wadhawan), JAFFE (Ferreira, Wadhawan), SFEW 2.0 (Ferreira, Wadhawan, Gan),
 FER-2013 (Ferreira, Gan), FER+ (ESR), RAF-DB (Gan, Zhou) and AffectNet (ESR, Zhou). Every reader
-runs :func:`fernb.data.check.ensure_ok` first, then decodes and preprocesses the images
-(:mod:`fernb.data.transforms`) into one :class:`~fernb.data.datasets.FaceDataset` with the
-canonical class order of :mod:`fernb.labels`. With ``cache_dir`` the preprocessed set is stored
-as ``.npz``, keyed by a hash of the dataset name, its root and every preprocessing parameter.
+runs :func:`fernb.data.check.ensure_ok` first, then decodes every image completely (a
+truncated file is refused, by path) and preprocesses it (:mod:`fernb.data.transforms`) into
+one :class:`~fernb.data.datasets.FaceDataset` with the canonical class order of
+:mod:`fernb.labels`. With ``cache_dir`` the preprocessed set is stored as ``.npz``, keyed by a
+hash of the dataset name, its root and every preprocessing parameter.
 """
 from __future__ import annotations
 
@@ -16,28 +19,39 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
-from fernb.data.check import CheckReport, ensure_ok
+from fernb.data.check import CheckReport, ensure_ok, landmark_columns
 from fernb.data.datasets import FaceDataset, register_dataset
 from fernb.data.transforms import CROPS, preprocess_face
 from fernb.io import atomic_write_bytes
-from fernb.labels import FERPLUS_COLUMNS, class_set
+from fernb.labels import EMOTIONS_7, EMOTIONS_8, FERPLUS_COLUMNS, class_set
 
 CACHE_VERSION = 1
 _ARRAY_FIELDS = ("images", "labels", "subjects", "landmarks", "mixtures", "valence_arousal",
                  "split")
 
 
-def read_image(path: str | Path, *, grayscale: bool) -> np.ndarray | None:
-    """Decode an image file to (H, W) grayscale or (H, W, 3) RGB uint8; None if unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
-    if image is None or grayscale:
-        return image
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+class UnreadableImage(ValueError):
+    """An image file that does not decode completely."""
+
+
+def read_image(path: str | Path, *, grayscale: bool) -> np.ndarray:
+    """Decode an image file completely to (H, W) grayscale or (H, W, 3) RGB uint8.
+
+    Raises:
+        UnreadableImage: the file is missing, not an image, or truncated (Pillow decodes
+            every pixel; a partly decoded image is never returned).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("L" if grayscale else "RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"{path}: {err or type(err).__name__}") from None
 
 
 def _validate(size: int, crop: str | None = None) -> None:
@@ -92,12 +106,13 @@ def _faces(paths: Sequence[Path], *, size: int, crop: str, grayscale: bool, clah
            boxes: Sequence[Sequence[float]] | None = None, desc: str = ""
            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Decode and preprocess images: (N, size, size[, 3]) uint8, (N, K, 2) landmarks or None,
-    and the crop each image got. Raises listing every file OpenCV cannot decode."""
+    and the crop each image got. Raises listing every file that does not decode completely."""
     images, points, crops, unreadable = [], [], [], []
     for i, path in enumerate(tqdm(paths, desc=desc, leave=False, disable=len(paths) < 500)):
-        image = read_image(path, grayscale=grayscale)
-        if image is None:
-            unreadable.append(str(path))
+        try:
+            image = read_image(path, grayscale=grayscale)
+        except UnreadableImage as err:
+            unreadable.append(str(err))
             continue
         face = preprocess_face(image, size=size, crop=crop, grayscale=grayscale, clahe=clahe,
                                margin=margin, landmarks=None if landmarks is None else landmarks[i],
@@ -106,8 +121,10 @@ def _faces(paths: Sequence[Path], *, size: int, crop: str, grayscale: bool, clah
         points.append(face.landmarks)
         crops.append(face.crop)
     if unreadable:
-        raise ValueError(f"OpenCV could not decode {len(unreadable)} image(s); replace or remove "
-                         f"them: {unreadable[:10]}")
+        listed = "\n  ".join(unreadable[:10])
+        more = f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+        raise UnreadableImage(f"{len(unreadable)} image(s) do not decode completely; replace "
+                              f"them or remove them from the labels:\n  {listed}{more}")
     lms = None if landmarks is None else np.stack(points).astype(np.float32)
     return np.stack(images), lms, np.array(crops)
 
@@ -318,8 +335,49 @@ def affectnet(root: str | Path | None = None, *, size: int = 96, n_classes: int 
     return _cached("affectnet", root, params, cache_dir, build)
 
 
+@register_dataset("folder")
+def folder(root: str | Path | None = None, *, size: int = 96, crop: str = "none",
+           grayscale: bool = True, clahe: bool = False, margin: float = 0.0,
+           cache_dir: str | Path | None = None) -> FaceDataset:
+    """Your own data: a folder of images with ``labels.csv`` (:func:`fernb.data.check._folder`
+    documents the columns: path, label, subject; optional split, landmarks x0..y67, valence
+    and arousal, and mixtures p_<emotion>). ``fernb data synth`` writes exactly this.
+
+    Classes are the canonical 8 when any label is contempt, else the canonical 7, so a class
+    index means the same emotion as in every other dataset. Images are resized to ``size``
+    (``crop="haar"`` detects the face first), landmarks carried along.
+    """
+    _validate(size, crop)
+    params = dict(size=size, crop=crop, grayscale=grayscale, clahe=clahe, margin=margin)
+
+    def build(report: CheckReport) -> FaceDataset:
+        index = report.index
+        classes = EMOTIONS_8 if (index["emotion"] == "contempt").any() else EMOTIONS_7
+        marks = landmark_columns()
+        has_marks = all(c in index.columns for c in marks)
+        points = ([row.reshape(68, 2) for row in index[marks].to_numpy(np.float32)]
+                  if has_marks else None)
+        images, landmarks, crops = _faces(list(index["path"]), landmarks=points, desc="folder",
+                                          **params)
+        fields: dict[str, Any] = {}
+        if "split" in index.columns and set(index["split"]) != {"all"}:
+            fields["split"] = index["split"].to_numpy(str)
+        if {"valence", "arousal"} <= set(index.columns):
+            fields["valence_arousal"] = index[["valence", "arousal"]].to_numpy(np.float32)
+        mixture = [f"p_{c}" for c in classes]
+        if all(c in index.columns for c in mixture):
+            fields["mixtures"] = index[mixture].to_numpy(np.float32)
+        return FaceDataset(images, _labels(index["emotion"], classes),
+                           index["subject"].to_numpy(np.int64), classes=classes, name="folder",
+                           landmarks=landmarks, channels=1 if grayscale else 3,
+                           meta={"file": np.array([str(p.relative_to(report.root))
+                                                   for p in index["path"]]), "crop": crops},
+                           **fields)
+    return _cached("folder", root, params, cache_dir, build)
+
+
 READERS: dict[str, Callable[..., FaceDataset]] = {
     "ckplus": ckplus, "jaffe": jaffe, "sfew": sfew, "fer2013": fer2013, "ferplus": ferplus,
-    "rafdb": rafdb, "affectnet": affectnet,
+    "rafdb": rafdb, "affectnet": affectnet, "folder": folder,
 }
 __all__ = ["READERS", "cache_path", "load_npz", "read_image", "save_npz", *READERS]

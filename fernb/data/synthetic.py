@@ -76,6 +76,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,7 @@ import cv2
 import numpy as np
 
 from fernb.data.datasets import FaceDataset, register_dataset
-from fernb.io import atomic_write_bytes, atomic_write_text
+from fernb.io import atomic_write_bytes
 from fernb.labels import EMOTIONS_7, EMOTIONS_8, valence_arousal
 from fernb.landmarks import FLIP_PERMUTATION
 
@@ -1063,61 +1065,80 @@ def load_synth_wild(root: str | Path | None = None, **kwargs: Any) -> FaceDatase
 
 _README = """\
 {name}: {n} grayscale face images ({h}x{w}), classes {classes}.
+Read it back with `-p dataset folder -p data_root THIS_FOLDER` (any chapter), check it with
+`fernb data check folder --root THIS_FOLDER`, or load_dataset("folder", root=...).
 
-images/<index>.png   the images (8-bit grayscale PNG)
-labels.csv           one row per image:
-  index              row number, also the image file stem
-  file               path of the image relative to this folder
-  label, emotion     class index (order above) and class name
+images/<row>.png     the images (8-bit grayscale PNG)
+labels.csv           one row per image, the `folder` dataset's columns:
+  path               path of the image relative to this folder
+  label              emotion name ({classes})
   subject            subject (identity) id; split by it for subject-independent evaluation
-  valence, arousal   circumplex position in [-1, 1]
-  p_<emotion>        ground-truth emotion mixture (sums to 1)
   x0, y0 ... x67, y67  68 iBUG 300-W landmarks in pixels (x right, y down, pixel centres
                      at integer coordinates)
-  AU<k>              FACS action-unit intensities in [0, 1]
-  other columns      per-image metadata ({meta})
+  valence, arousal   circumplex position in [-1, 1]
+  p_<emotion>        ground-truth emotion mixture (sums to 1)
+  AU<k>              FACS action-unit intensities in [0, 1] (not read back)
+  other columns      per-image metadata ({meta}) (not read back)
 """
 
 
 def export(dataset: FaceDataset, out_dir: str | Path) -> Path:
-    """Write ``dataset`` as ``images/<index>.png``, ``labels.csv`` and ``README.txt``.
+    """Write ``dataset`` in the ``folder`` layout: ``images/<row>.png``, ``labels.csv`` and
+    ``README.txt`` (see :func:`fernb.data.real.folder`, which reads it back).
 
-    Columns absent from the dataset (e.g. landmarks of a real set without them) are left out.
-    Every file is written atomically. Returns ``out_dir``.
+    Everything is written into a temporary folder beside ``out_dir``, which is renamed to
+    ``out_dir`` at the end: an interrupted export leaves nothing half-written. Columns absent
+    from the dataset (e.g. landmarks of a real set without them) are left out. Returns
+    ``out_dir``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and is not empty.
     """
     import pandas as pd
 
     if not isinstance(dataset, FaceDataset):
         raise TypeError(f"export expects a FaceDataset, got {type(dataset).__name__}")
     out = Path(out_dir)
-    n = len(dataset)
-    width = max(6, len(str(n)))
-    files = [f"images/{i:0{width}d}.png" for i in range(n)]
-    for i, rel in enumerate(files):
-        image = dataset.images[i]
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok, png = cv2.imencode(".png", image)
-        if not ok:
-            raise ValueError(f"could not encode image {i} as PNG")
-        atomic_write_bytes(out / rel, png.tobytes())
-    cols: dict[str, Any] = {"index": np.arange(n), "file": files, "label": dataset.labels,
-                            "emotion": np.asarray(dataset.classes)[dataset.labels],
-                            "subject": dataset.subjects}
-    if dataset.valence_arousal is not None:
-        cols["valence"], cols["arousal"] = dataset.valence_arousal.T
-    if dataset.mixtures is not None:
-        cols.update({f"p_{c}": dataset.mixtures[:, k] for k, c in enumerate(dataset.classes)})
-    if dataset.landmarks is not None:
-        for k in range(dataset.landmarks.shape[1]):
-            cols[f"x{k}"], cols[f"y{k}"] = dataset.landmarks[:, k].T
-    if dataset.aus is not None:
-        cols.update({a: dataset.aus[:, k] for k, a in enumerate(dataset.au_names)})
-    meta = {k: v for k, v in dataset.meta.items() if np.ndim(v) == 1}
-    cols.update(meta)
-    atomic_write_text(out / "labels.csv", pd.DataFrame(cols).to_csv(index=False))
-    h, w = dataset.image_size
-    atomic_write_text(out / "README.txt", _README.format(
-        name=dataset.name, n=n, h=h, w=w, classes=", ".join(dataset.classes),
-        meta=", ".join(meta) or "none"))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not empty; choose another --out "
+                              f"or delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        n = len(dataset)
+        width = max(6, len(str(n)))
+        files = [f"images/{i:0{width}d}.png" for i in range(n)]
+        (tmp / "images").mkdir()
+        for i, rel in enumerate(files):
+            image = dataset.images[i]
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(tmp / rel), image):
+                raise OSError(f"could not write {tmp / rel}")
+        cols: dict[str, Any] = {"path": files, "label": np.asarray(dataset.classes)[dataset.labels],
+                                "subject": dataset.subjects}
+        if dataset.split is not None:
+            cols["split"] = dataset.split
+        if dataset.landmarks is not None:
+            for k in range(dataset.landmarks.shape[1]):
+                cols[f"x{k}"], cols[f"y{k}"] = dataset.landmarks[:, k].T
+        if dataset.valence_arousal is not None:
+            cols["valence"], cols["arousal"] = dataset.valence_arousal.T
+        if dataset.mixtures is not None:
+            cols.update({f"p_{c}": dataset.mixtures[:, k] for k, c in enumerate(dataset.classes)})
+        if dataset.aus is not None:
+            cols.update({a: dataset.aus[:, k] for k, a in enumerate(dataset.au_names)})
+        meta = {k: v for k, v in dataset.meta.items() if np.ndim(v) == 1}
+        cols.update(meta)
+        pd.DataFrame(cols).to_csv(tmp / "labels.csv", index=False)
+        h, w = dataset.image_size
+        (tmp / "README.txt").write_text(_README.format(
+            name=dataset.name, n=n, h=h, w=w, classes=", ".join(dataset.classes),
+            meta=", ".join(meta) or "none"))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

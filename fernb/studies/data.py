@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fernb.data import synthetic
 from fernb.data.datasets import FaceDataset
 from fernb.data.splits import holdout
-from fernb.evaluate import predict
+from fernb.evaluate import accuracy, per_class_recall, predict, top_confusions
 from fernb.models.esr import single_network
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Device, Range, Rules, relation)
 from fernb.train import History, fit
@@ -60,3 +61,25 @@ def calibrate(data: FaceDataset, *, width: float, epochs: int, lr: float, batch_
                   batch_size=batch_size, device=device, seed=seed, progress=False)
     test = data.subset(split.test)
     return Calibration(predict(model, test, device=device), test.labels, history, data.classes)
+
+
+def calibration_table(calibrations: dict[str, Calibration]) -> pd.DataFrame:
+    """Test images, test accuracy (%) and epochs trained per preset."""
+    rows = [{"dataset": name, "test images": len(c.labels),
+             "test accuracy (%)": round(100 * accuracy(c.logits, c.labels), 1),
+             "epochs trained": len(c.history)} for name, c in calibrations.items()]
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+def top_confusions_text(calibration: Calibration, k: int = 3) -> str:
+    """The ``k`` largest confusions of a run in words, e.g. "fear taken for surprise (25%)"."""
+    pairs = top_confusions(calibration.logits, calibration.labels, calibration.classes, k=k)
+    return ", ".join(f"{t} taken for {p} ({100 * v:.0f}%)" for (t, p), v in pairs.items())
+
+
+def weakest_classes_text(calibration: Calibration, k: int = 2) -> str:
+    """The ``k`` classes recognised least (recall), e.g. "fear (31%) and disgust (40%)"."""
+    recall = per_class_recall(calibration.logits, calibration.labels,
+                              calibration.classes).dropna().sort_values(kind="stable")
+    names = [f"{c} ({100 * v:.0f}%)" for c, v in recall.head(k).items()]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
