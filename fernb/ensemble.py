@@ -390,8 +390,15 @@ def oracle_accuracy(outputs: ArrayLike, labels: ArrayLike) -> float:
     return float(_correctness(outputs, labels).any(axis=1).mean())
 
 
+# Column names of :func:`diversity` as a reader's table shows them.
+DIVERSITY_LABELS: dict[str, str] = {"disagreement": "disagreement", "q_statistic": "Q-statistic",
+                                    "double_fault": "double fault",
+                                    "oracle_accuracy": "oracle accuracy"}
+
+
 def diversity(outputs: ArrayLike, labels: ArrayLike) -> dict[str, float]:
-    """Pairwise measures averaged over all pairs, plus the oracle accuracy."""
+    """Pairwise measures averaged over all pairs, plus the oracle accuracy (the fraction of
+    samples some member gets right); :data:`DIVERSITY_LABELS` names them for tables."""
     means = pairwise_diversity(outputs, labels)[["disagreement", "q_statistic",
                                                  "double_fault"]].mean()
     return {**{k: float(v) for k, v in means.items()},

@@ -331,10 +331,19 @@ def provenance(profile: str, changed: dict[str, Any], device: str) -> str:
 
 
 def _insert_provenance(nb: nbformat.NotebookNode, line: str) -> None:
+    """Put the provenance line right under the chapter's title: the first Markdown cell is
+    split after its ``# Title`` line."""
     cell = nbformat.v4.new_markdown_cell(line)
     cell.metadata["tags"] = [PROVENANCE_TAG]
-    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), None)
+    if first is None:
+        nb.cells.insert(0, cell)
+        return
+    title, _, rest = nb.cells[first].source.partition("\n")
+    nb.cells[first].source = title
     nb.cells.insert(first + 1, cell)
+    if rest.strip():
+        nb.cells.insert(first + 2, nbformat.v4.new_markdown_cell(rest.strip("\n")))
 
 
 @dataclass(frozen=True)

@@ -152,3 +152,16 @@ def test_bad_arguments(kwargs, match):
 def test_wrong_input_channels():
     with pytest.raises(ValueError, match=r"\(batch, 1, H, W\)"):
         ESR(width=0.25)(torch.rand(2, 3, 48, 48))
+
+
+def test_same_init_gives_added_branches_one_identical_draw():
+    import torch
+    from fernb.models import ESR
+    model = ESR(level=3, n_branches=1, width=0.25, seed=3)
+    for _ in range(3):
+        model.add_branch("same")
+    weights = [b.fc.weight for b in model.branches]
+    assert torch.equal(weights[1], weights[2]) and torch.equal(weights[2], weights[3])
+    assert not torch.equal(weights[0], weights[1])
+    fresh = ESR(level=3, n_branches=2, width=0.25, seed=3)
+    assert torch.equal(fresh.branches[1].fc.weight, weights[1])

@@ -107,3 +107,44 @@ def test_cam_layer_is_the_deepest_block_at_least_five_pixels_wide(size, level, e
     where, index = expected
     target = (model.base if where == "base" else branch.features)[index]
     assert study.cam_layer(model, branch, size) is target
+
+
+def test_a_run_with_missing_artifacts_is_trained_again(data: FaceDataset, tmp_path,
+                                                       monkeypatch) -> None:
+    """A folder left by a crash (or another run) must never break later runs: a run whose
+    result record exists but whose maps or logits do not is recomputed, not half-loaded."""
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    runs = study.plan([0], {"varied": [3]}, saliency=("varied", 3))
+    config = study.Config(epochs=2, lr=0.05, width=0.25, n_train_folds=2, augment="flip",
+                          lr_step=None, device="cpu")
+    kwargs = dict(saliency_images=np.array([1, 2]), milestones=(1, 2), progress=False)
+    first = study.run_study(data, folds, runs, config, tmp_path, **kwargs)
+    (tmp_path / "t0-ESR-L3-varied" / "saliency.npz").unlink()
+    (tmp_path / "t0-single" / "test.npz").unlink()
+    trained = []
+    original = study._train
+
+    def spy(run, *args, **kw):
+        trained.append(run.key)
+        return original(run, *args, **kw)
+
+    monkeypatch.setattr(study, "_train", spy)
+    again = study.run_study(data, folds, runs, config, tmp_path, **kwargs)
+    assert trained == ["t0-single", "t0-ESR-L3-varied"]
+    assert set(again.saliency["t0-ESR-L3-varied"]) == set(first.saliency["t0-ESR-L3-varied"])
+    assert again.table["train_seconds"].gt(0).all()
+
+
+def test_identical_starts_control(data: FaceDataset, tmp_path) -> None:
+    runs = study.plan([0, 1], {"varied": [3]}, saliency=("varied", 3), init_control=True)
+    assert [r.key for r in runs if r.init == "same"] == ["t0-ESR-L3-varied-same-init",
+                                                          "t1-ESR-L3-varied-same-init"]
+    with pytest.raises(ValueError, match="saliency"):
+        study.plan([0], {"varied": [3]}, init_control=True)
+    folds = esr_subject_folds(data.subjects, n_folds=4)
+    config = study.Config(epochs=1, lr=0.05, width=0.25, n_train_folds=2, augment="none",
+                          lr_step=None, device="cpu")
+    res = study.run_study(data, folds, runs[:3] + [runs[3]], config, tmp_path, progress=False)
+    control = study.init_control(res, ["varied", 3])
+    assert list(control.index) == ["own draw per branch", "one identical draw"]
+    assert {"accuracy (%)", "disagreement", "Q-statistic"} <= set(control.columns)

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from fernb.complexity import count_parameters, eval_mode
 from fernb.data.datasets import FaceDataset
-from fernb.data.splits import Split, esr_trials, leave_one_fold_out
+from fernb.data.splits import Split, esr_trials, leave_one_fold_out, standard_split
 from fernb.data.transforms import AUGMENTATIONS, BatchAugmentation
-from fernb.ensemble import diversity, plurality_vote
+from fernb.ensemble import DIVERSITY_LABELS, diversity, plurality_vote
 from fernb.evaluate import accuracy, accuracy_table, aggregate_folds, paired_ttest, predict, rmse
 from fernb.explain import chance_level, evidence_score, gradcam
 from fernb.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -141,6 +141,11 @@ class Run:
 class Config:
     """Training settings shared by every run (paper: SGD, momentum 0.9, lr 0.1, trained
     branches 0.02 under "varied", lr halved every 250 epochs, ESR's augmentation)."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> Config:
+        """The settings from the chapter's parameters."""
+        return cls(**{f: params[f] for f in cls.__dataclass_fields__})
 
     epochs: int
     lr: float = 0.1
@@ -473,9 +478,11 @@ def diversity_table(results: StudyResults, strategy: str) -> pd.DataFrame:
 
 
 def _finite(table: pd.DataFrame) -> pd.DataFrame:
-    """Round to 3 decimals; an undefined value (e.g. a Q-statistic of members that are
-    never both wrong) is shown as "-"."""
-    return table.round(3).astype(object).where(table.notna(), "-")
+    """Plain column names, accuracies (%) to 1 decimal and the rest to 3; an undefined
+    value (e.g. a Q-statistic of members that are never both wrong) is shown as "-"."""
+    table = table.rename(columns=DIVERSITY_LABELS)
+    rounded = table.round({c: 1 if "%" in c else 3 for c in table.columns})
+    return rounded.astype(object).where(table.notna(), "-")
 
 
 def init_control(results: StudyResults, saliency_run: Sequence) -> pd.DataFrame:
@@ -509,6 +516,18 @@ def convergence(results: StudyResults, trial: int, saliency_run: Sequence
         curves.append(frame.assign(member=f"branch/network {b}", model="TE",
                                    accuracy=100 * frame["val_acc_1"]))
     return pd.concat(curves)[["epoch", "member", "model", "accuracy"]]
+
+
+def cost_table(timing: pd.DataFrame) -> pd.DataFrame:
+    """:func:`fernb.complexity.measured_cost` for a reader: time per image of a training step
+    and of inference as "median (range)" ratios to the reference, next to the FLOPs and
+    parameter ratios."""
+    def cell(kind: str) -> list[str]:
+        return [f"{m:.2f} ({r})" for m, r in zip(timing[f"{kind}_time_ratio"],
+                                                 timing[f"{kind}_ratio_range"])]
+    return pd.DataFrame({"training time": cell("train"), "inference time": cell("inference"),
+                         "FLOPs": timing["flops_ratio"].round(2),
+                         "parameters": timing["params_ratio"].round(2)}, index=timing.index)
 
 
 def first_update(curves: pd.DataFrame) -> pd.DataFrame:
@@ -551,6 +570,15 @@ class WildConfig:
     ESR's augmentation, 50 epochs for the first branch and 20 for each later one; affect
     heads at 0.01 (trained heads 0.001)."""
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> WildConfig:
+        """The settings from the chapter's ``wild_*`` parameters (and batch size, device,
+        seed)."""
+        names = {"n_branches": "wild_branches", "per_class": "wild_per_class",
+                 "affect_epochs": "affect_epochs", "batch_size": "batch_size",
+                 "device": "device", "seed": "seed"}
+        return cls(**{f: params[names.get(f, f"wild_{f}")] for f in cls.__dataclass_fields__})
+
     n_branches: int = 9
     width: float = 1.0
     per_class: int = 5000
@@ -578,11 +606,13 @@ class WildResults:
     model: ESR = field(repr=False)
 
 
-def run_wild(train: FaceDataset, val: FaceDataset, test: FaceDataset, config: WildConfig,
-             out_dir: str | Path) -> WildResults:
-    """Grow ESR-9 on class-balanced subsets of ``train`` (Algorithm 1, "varied"), then, where
-    the data has valence/arousal, fine-tune its affect heads branch by branch on
-    quadrant-balanced subsets; checkpoints in ``out_dir`` make an interrupted run resume."""
+def run_wild(data: FaceDataset, config: WildConfig, out_dir: str | Path) -> WildResults:
+    """Grow ESR-9 on class-balanced subsets of the training part of ``data`` (its official
+    partition, else a subject-independent holdout; Algorithm 1, "varied"), then, where the
+    data has valence/arousal, fine-tune its affect heads branch by branch on quadrant-balanced
+    subsets; checkpoints in ``out_dir`` make an interrupted run resume."""
+    split = standard_split(data.labels, data.subjects, data.split, seed=config.seed)
+    train, val, test = (data.subset(i) for i in (split.train, split.val, split.test))
     out_dir = Path(out_dir)
     subsets = [balanced_subset(train.labels, config.per_class, seed=config.seed + b)
                for b in range(config.n_branches)]
