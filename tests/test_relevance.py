@@ -67,7 +67,8 @@ def test_every_parameter_receives_a_gradient():
     torch.manual_seed(0)
     x, labels = torch.rand(3, 1, 48, 48), torch.tensor([0, 1, 2])
     maps = torch.rand(3, 1, 48, 48)
-    net = RelevanceNet(image_size=48, n_classes=3, skip_connections=True, **SMALL)
+    net = RelevanceNet(image_size=48, n_classes=3, skip_connections=True, map_start=None,
+                       **SMALL)
     RelevanceLoss("hybrid")(net.forward_with_map(x), (labels, maps)).backward()
     base = BaselineCNN(image_size=48, n_classes=3, **SMALL)
     F.cross_entropy(base(x)[:, 0], labels).backward()
@@ -124,10 +125,10 @@ def test_a_zero_relevance_map_silences_the_representation():
 def test_map_activation_and_valid_padding_variants():
     torch.manual_seed(0)
     x = torch.randn(2, 1, 96, 96)
-    sig = RelevanceNet(image_size=96, map_activation="sigmoid", **SMALL)
+    sig = RelevanceNet(image_size=96, map_activation="sigmoid", map_start=None, **SMALL)
     relevance = sig.forward_with_map(x)[1]
     assert relevance.min() > 0 and relevance.max() < 1
-    lin = RelevanceNet(image_size=96, **SMALL).forward_with_map(x)[1]
+    lin = RelevanceNet(image_size=96, map_start=None, **SMALL).forward_with_map(x)[1]
     assert lin.min() < 0  # the paper's linear output can be negative
     valid = RelevanceNet(image_size=96, padding="valid", **SMALL)
     # 96 -> 92 -> 46 -> 42 -> 21 -> 17 -> 8 -> e-blocks 6 -> 4.
@@ -147,6 +148,36 @@ def test_same_seed_gives_the_baseline_and_the_proposed_network_the_same_start():
     members = Members.build(lambda: BaselineCNN(image_size=48, **SMALL), 2, seed=0)
     w0, w1 = (m.classifier[-1].weight for m in members.networks)
     assert not torch.equal(w0, w1)  # seed=None draws from each member's own stream
+
+
+def test_the_map_starts_at_one_so_the_network_starts_as_the_baseline():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 48, 48)
+    net = RelevanceNet(image_size=48, seed=5, **SMALL)
+    logits, relevance = net.forward_with_map(x)
+    assert torch.equal(relevance, torch.ones_like(relevance))
+    torch.testing.assert_close(logits, BaselineCNN(image_size=48, seed=5, **SMALL)(x))
+    half = RelevanceNet(image_size=48, map_activation="sigmoid", map_start=0.5, **SMALL)
+    torch.testing.assert_close(half.forward_with_map(x)[1], torch.full((3, 1, 48, 48), 0.5))
+    with pytest.raises(ValueError, match="map_start must lie in \\(0, 1\\)"):
+        RelevanceNet(image_size=48, map_activation="sigmoid", **SMALL)
+
+
+def test_kaiming_initialisation_and_torch_defaults():
+    net = RelevanceNet(image_size=48, width=0.5, map_start=None, seed=0)
+    conv = net.representation.blocks[1][0][0]  # 16 -> 16 channels, fan-in 16 * 9 = 144
+    # He-normal: standard deviation sqrt(2 / fan_in) = sqrt(2 / 144) = 0.1179.
+    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / 144), rel=0.05)
+    assert not conv.bias.any() and not net.facial_parts.head.bias.any()
+    dense = net.classifier[3]  # 512 -> 512: sqrt(2 / 512) = 0.0625
+    assert float(dense.weight.detach().std()) == pytest.approx(0.0625, rel=0.02)
+    default = BaselineCNN(image_size=48, width=0.5, init="torch", seed=0)
+    conv = default.representation.blocks[1][0][0]
+    # PyTorch's kaiming_uniform(a=sqrt(5)): bound 1 / sqrt(fan_in), std = bound / sqrt(3).
+    assert float(conv.weight.detach().std()) == pytest.approx(1 / math.sqrt(144) / math.sqrt(3), rel=0.05)
+    assert conv.bias.any()
+    with pytest.raises(ValueError, match="init must be one of"):
+        BaselineCNN(image_size=48, init="xavier")
 
 
 def test_the_baseline_has_no_relevance_map():
@@ -173,7 +204,7 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="padding must be one of"):
         BaselineCNN(image_size=48, padding="full")
     with pytest.raises(ValueError, match="map_activation"):
-        RelevanceNet(image_size=48, map_activation="relu", **SMALL)
+        RelevanceNet(image_size=48, map_activation="relu", map_start=None, **SMALL)
     with pytest.raises(ValueError, match="n_eblocks"):
         BaselineCNN(image_size=48, n_eblocks=0)
     with pytest.raises(ValueError, match="dropout"):

@@ -42,6 +42,20 @@ from the text, so these are this book's choices, each a keyword argument:
 - ``dropout=0.0``: the paper regularises with an l2 penalty (``weight_decay`` in ``fit``) and
   names no dropout for these models.
 - No batch normalisation: none is mentioned.
+- ``map_start=1.0``: the facial-parts head (the last 3x3 convolution) starts with zero
+  weights and a bias that makes ``x_hat`` equal 1 everywhere, so that at initialisation the
+  e-blocks are plain convolutions and, with the same ``seed``, the network computes exactly
+  the baseline's function; the relevance losses then move the map away from 1. The paper
+  names no initialisation; a random head makes the two e-blocks multiply the features by a
+  map near zero, and, measured on synth-lab at 48 px, training then stays at the majority
+  class. ``map_start=None`` keeps the random head; with ``map_activation="sigmoid"`` the
+  start must lie in (0, 1).
+- ``init="kaiming"``: every convolution and dense layer starts from He et al.'s normal
+  initialisation for ReLU networks (``kaiming_normal_``, fan-in; biases zero). The paper
+  names no initialisation; without batch normalisation PyTorch's default (a uniform
+  distribution of a third of that variance) shrinks the signal through the eight
+  convolutions so much that, measured on synth-lab at 48 px, the baseline stays at the
+  majority class for the first epochs. ``init="torch"`` keeps PyTorch's defaults.
 
 ``width`` scales every convolution's filters (1.0 = the choices above); the dense layers
 keep their 512 units. ``seed`` builds the representation and classification components
@@ -56,6 +70,7 @@ prints.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -72,6 +87,7 @@ from fernb.seeding import seeded
 
 PADDINGS = ("same", "valid")
 MAP_ACTIVATIONS = ("linear", "sigmoid")
+INITS = ("kaiming", "torch")
 SIGMA_FRACTION = 1 / 40  # default Gaussian sigma as a fraction of the map side (3 px at 120)
 
 
@@ -247,6 +263,15 @@ class FacialParts(nn.Module):
         return torch.sigmoid(x) if self.activation == "sigmoid" else x
 
 
+def _kaiming(module: nn.Module) -> None:
+    """He-normal weights (fan-in, ReLU gain) and zero biases for every convolution,
+    transposed convolution and dense layer in ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
 def _scaled(filters: int, width: float) -> int:
     return max(1, round(filters * width))
 
@@ -275,6 +300,8 @@ class BaselineCNN(nn.Module):
         padding: ``"same"`` or ``"valid"`` convolutions in the representation component.
         hidden: units of the dense layers before the output layer.
         dropout: dropout after each hidden dense layer (0 = none, as in the paper).
+        init: ``"kaiming"`` (He-normal weights, zero biases) or ``"torch"`` (PyTorch's
+            defaults).
         seed: build under ``seeded(seed, 0)``; None uses the caller's RNG.
 
     ``forward(x)`` returns logits (B, 1, C); ``cam_layer`` is the last e-block, the layer
@@ -285,7 +312,7 @@ class BaselineCNN(nn.Module):
                  in_chans: int = 1, width: float = 1.0, rep_blocks: int = 3,
                  rep_filters: int = 32, n_eblocks: int = 2, padding: str = "same",
                  hidden: Sequence[int] = (512, 512), dropout: float = 0.0,
-                 seed: int | None = None) -> None:
+                 init: str = "kaiming", seed: int | None = None) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if n_classes < 2:
@@ -302,6 +329,8 @@ class BaselineCNN(nn.Module):
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         shrink = 2 if padding == "valid" else 0  # pixels a 3x3 convolution removes
         fh, fw = (_feature_side(s, rep_blocks, n_eblocks, shrink) for s in (h, w))
         if fh < 1 or fw < 1:
@@ -312,6 +341,7 @@ class BaselineCNN(nn.Module):
         self.image_size = (h, w)
         self.in_chans = in_chans
         self.width = width
+        self.init = init
         self.seed = seed
         filters = [_scaled(rep_filters * 2**i, width) for i in range(rep_blocks)]
         with self._init_stream(0):
@@ -326,6 +356,8 @@ class BaselineCNN(nn.Module):
                 n_in = units
             layers.append(nn.Linear(n_in, n_classes))
             self.classifier = nn.Sequential(*layers)
+            if init == "kaiming":
+                _kaiming(self)
 
     def _init_stream(self, key: int | str) -> AbstractContextManager[None]:
         return nullcontext() if self.seed is None else seeded(self.seed, key)
@@ -363,6 +395,8 @@ class RelevanceNet(BaselineCNN):
             image sides must be divisible by ``2**parts_blocks``.
         parts_filters: filters of the first level, doubled per level.
         map_activation: ``"linear"`` (the paper's text) or ``"sigmoid"``.
+        map_start: value of ``x_hat`` everywhere at initialisation (zero head weights, the
+            bias set to give it), or None for a randomly initialised head.
         skip_connections: concatenate encoder features into the decoder (U-Net style).
 
     ``forward_with_map(x)`` returns ((B, 1, C) logits, (B, 1, H, W) relevance map);
@@ -370,7 +404,8 @@ class RelevanceNet(BaselineCNN):
     """
 
     def __init__(self, *, parts_blocks: int = 3, parts_filters: int = 32,
-                 map_activation: str = "linear", skip_connections: bool = False,
+                 map_activation: str = "linear", map_start: float | None = 1.0,
+                 skip_connections: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if parts_blocks < 1:
@@ -382,10 +417,22 @@ class RelevanceNet(BaselineCNN):
         if map_activation not in MAP_ACTIVATIONS:
             raise ValueError(f"map_activation must be one of {MAP_ACTIVATIONS}, got "
                              f"{map_activation!r}")
+        if map_start is not None and map_activation == "sigmoid" and not 0 < map_start < 1:
+            raise ValueError(f"map_start must lie in (0, 1) for a sigmoid map (or be None), "
+                             f"got {map_start}")
         filters = [_scaled(parts_filters * 2**i, self.width) for i in range(parts_blocks)]
         with self._init_stream("facial_parts"):
             self.facial_parts = FacialParts(self.in_chans, filters, map_activation,
                                             skip_connections)
+            if self.init == "kaiming":
+                _kaiming(self.facial_parts)
+        if map_start is not None:
+            head = self.facial_parts.head
+            nn.init.zeros_(head.weight)
+            bias = math.log(map_start / (1 - map_start)) if map_activation == "sigmoid" \
+                else map_start
+            nn.init.constant_(head.bias, bias)
+        self.map_start = map_start
 
     def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, 1, C) and the relevance map ``x_hat`` (B, 1, H, W)."""
