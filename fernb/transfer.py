@@ -32,6 +32,10 @@ Choices where the paper is silent (all fields of :class:`TransferConfig`):
   epochs; the weights of the best epoch are kept (as the authors' ModelCheckpoint does).
 - The landmark head is frozen in stages 2 and 3 (the paper replaces it and puts it back for
   Sec. V-B), so it is exactly the stage-1 head when the error is measured again.
+- Stage 2 without augmentation (no ``augment`` factory, or ``head_augment=False``) trains the
+  head on the frozen extractor's features of the images, computed once: the extractor and its
+  BatchNorm statistics are fixed, so this is the same computation as running the extractor
+  at every step, only cheaper, and many head epochs cost little.
 - During fine-tuning BatchNorm statistics update. The authors' Keras code calls the extractor
   with ``training=False`` when it builds the expression model, which in Keras would keep them
   fixed even after unfreezing; the paper does not say.
@@ -86,6 +90,8 @@ class TransferConfig:
         patience: early stopping after this many epochs without a lower validation loss;
             None trains every epoch.
         betas, eps: Adam's (0.9, 0.999) and 1e-7 (Keras' default, as the paper states).
+        head_augment: augment the images of stage 2 too (the paper augments all training
+            data); False trains the head on features computed once (see the module notes).
     """
 
     landmark_lr: float = 1e-2
@@ -100,6 +106,7 @@ class TransferConfig:
     patience: int | None = 20
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7
+    head_augment: bool = True
 
     def __post_init__(self) -> None:
         for name in ("landmark_lr", "head_lr", "finetune_lr", "direct_lr", "eps"):
@@ -282,6 +289,30 @@ class _Landmarks(nn.Module):
         return self.network.forward_landmarks(x).unsqueeze(1)  # (B, 1, 2K)
 
 
+class _Head(nn.Module):
+    """A network's expression head on precomputed (B, F) features, as one member (B, 1, C),
+    for ``fit`` in stage 2."""
+
+    def __init__(self, network: PartNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network.head(features).unsqueeze(1)  # (B, 1, C)
+
+
+@torch.no_grad()
+def extract_features(network: PartNetwork, x: torch.Tensor, *, batch_size: int = 256
+                     ) -> torch.Tensor:
+    """The extractor's (N, F) features of ``x`` in eval mode, on the CPU; the network's
+    train/eval modes are restored."""
+    device = next(network.parameters()).device
+    with eval_mode(network):
+        out = [network.forward_features(x[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
 def _stage(checkpoint_dir: str | Path | None, name: str) -> Path | None:
     return Path(checkpoint_dir) / name if checkpoint_dir is not None else None
 
@@ -307,13 +338,16 @@ def _early(config: TransferConfig, val: Any) -> int | None:
 @dataclass
 class TransferResult:
     """Histories of the three stages and the Sec. V-B landmark errors of the fixed
-    localisation head after stage 1 (``error_before``) and after stage 3 (``error_after``)."""
+    localisation head after stage 1 (``error_before``) and after stage 3 (``error_after``), and
+    the network's weights and statistics after stage 1 (``landmark_state``, a state dict), from
+    which its landmarks before fine-tuning can be predicted again (Fig. 10)."""
 
     landmarks: History
     head: History
     finetune: History
     error_before: dict[str, float] = field(default_factory=dict)
     error_after: dict[str, float] = field(default_factory=dict)
+    landmark_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None,
@@ -332,7 +366,8 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
             ``head``, ``finetune``); rerunning resumes where it stopped.
         augment: ``augment(part=...)`` builds fit's ``augment(x, y)``: with the network's
             part for stage 1 (it must move the (B, 2K) normalised coordinates with the
-            image), with ``part=None`` for stages 2 and 3 (labels pass through); e.g.
+            image), with ``part=None`` for stages 2 (unless ``config.head_augment`` is
+            False) and 3 (labels pass through); e.g.
             ``functools.partial(paper_augmentation, 160)``. None: no augmentation.
         seed: shuffling and augmentation seed of every stage.
         fit_kwargs: further :func:`fernb.train.fit` arguments (``device``, ``progress``...).
@@ -360,13 +395,23 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
                     checkpoint_dir=_stage(checkpoint_dir, "landmarks"),
                     **_adam(view, config, config.landmark_lr, config.landmark_epochs, **common))
     error_before = landmark_errors(network, reference, channels=channels)
+    landmark_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
 
     freeze(network.landmark_head)
     network.freeze_features()
     network.head.requires_grad_(True)
-    head = fit(network, fer_train, fer_val, augment=_build(augment, None),
-               checkpoint_dir=_stage(checkpoint_dir, "head"),
-               **_adam(network, config, config.head_lr, config.head_epochs, **common))
+    head_augment = _build(augment, None) if config.head_augment else None
+    if head_augment is None:  # the frozen extractor's features, computed once
+        view = _Head(network)
+        head_train = TensorDataset(extract_features(network, x_train), fer_train.tensors[1])
+        head_val = (TensorDataset(extract_features(network, x_val), fer_val.tensors[1])
+                    if fer_val is not None else None)
+        head = fit(view, head_train, head_val, checkpoint_dir=_stage(checkpoint_dir, "head"),
+                   **_adam(view, config, config.head_lr, config.head_epochs, **common))
+    else:
+        head = fit(network, fer_train, fer_val, augment=head_augment,
+                   checkpoint_dir=_stage(checkpoint_dir, "head"),
+                   **_adam(network, config, config.head_lr, config.head_epochs, **common))
 
     network.unfreeze_features()
     finetune = fit(network, fer_train, fer_val, augment=_build(augment, None),
@@ -375,7 +420,7 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
                            **common))
     error_after = landmark_errors(network, reference, channels=channels)
     network.requires_grad_(True)
-    return TransferResult(landmarks, head, finetune, error_before, error_after)
+    return TransferResult(landmarks, head, finetune, error_before, error_after, landmark_state)
 
 
 def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None, *,

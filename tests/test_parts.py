@@ -294,6 +294,18 @@ def test_members_start_different_and_reproducibly():
                            .features.blocks[0][0][0].weight)
 
 
+def test_every_kind_of_network_k_starts_from_the_same_extractor():
+    # The extractor draws its weights before the heads exist, so Baseline, FTL and EL
+    # member k differ only in their heads at the start.
+    kinds = [part_ensemble(kind, n_networks=5, width=0.125, seed=3)
+             for kind in ("baseline", "ftl", "el")]
+    for k in range(5):
+        states = [model.networks[k].features.state_dict() for model in kinds]
+        assert all(torch.equal(states[0][key], other[key])
+                   for other in states[1:] for key in states[0])
+    assert not torch.equal(kinds[0].networks[0].head[0].weight, kinds[1].networks[0].head[0].weight)
+
+
 def test_gradcam_layer_gives_one_map_per_part():
     el = part_ensemble("el", width=0.125, n_classes=7)
     images = torch.rand(2, 3, 32, 32)

@@ -2,6 +2,7 @@
 inputs and targets, what each stage trains, resumption, landmark errors, augmentation."""
 import copy
 import functools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -160,7 +161,8 @@ def test_each_stage_trains_what_the_paper_says(monkeypatch):
     real_fit = transfer.fit
 
     def spy(model, *args, **kwargs):
-        net = model.network if isinstance(model, transfer._Landmarks) else model
+        net = model.network if isinstance(model, (transfer._Landmarks, transfer._Head)) \
+            else model
         before = {k: state(net, k) for k in ("features", "landmark_head", "head")}
         history = real_fit(model, *args, **kwargs)
         after = {k: state(net, k) for k in ("features", "landmark_head", "head")}
@@ -213,9 +215,36 @@ def test_errors_are_those_of_the_stage_one_head_before_and_after(tmp_path):
     fresh = tiny("nose", seed=5)
     transfer._Landmarks(fresh).load_state_dict(stage1)
     assert result.error_before == pytest.approx(landmark_errors(fresh, val))
+    again = tiny("nose", seed=6)
+    again.load_state_dict(result.landmark_state)
+    assert result.error_before == pytest.approx(landmark_errors(again, val))
     # The localisation head after fine-tuning is exactly the stage-1 head.
     assert same(state(fresh, "landmark_head"), state(network, "landmark_head"))
     assert not same(state(fresh, "features"), state(network, "features"))
+
+
+def test_head_on_cached_features_is_the_head_on_the_frozen_extractor():
+    # Without augmentation, stage 2 trains the head on features computed once; forcing the
+    # per-step path (an augmentation that changes nothing) gives the same network.
+    cached, stepped = tiny("mouth"), tiny("mouth")
+    identity = lambda part: (lambda x, y: (x, y))  # noqa: E731
+    a = train_transfer(cached, faces(), faces(6, seed=1), config=TINY, progress=False,
+                       device="cpu")
+    b = train_transfer(stepped, faces(), faces(6, seed=1), config=TINY, augment=identity,
+                       progress=False, device="cpu")
+    for key, value in cached.state_dict().items():
+        torch.testing.assert_close(value, stepped.state_dict()[key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.head.to_frame()["val_loss"], b.head.to_frame()["val_loss"],
+                               rtol=1e-4)
+    changed = not torch.equal(state(tiny("mouth"), "head")["head.0.weight"],
+                              cached.state_dict()["head.0.weight"])
+    assert changed
+    # head_augment=False: stages 1 and 3 are augmented, stage 2 runs on features.
+    built = []
+    factory = lambda part: built.append(part) or identity(part)  # noqa: E731
+    train_transfer(tiny("mouth"), faces(), None, config=replace(TINY, head_augment=False),
+                   augment=factory, progress=False, device="cpu")
+    assert built == ["mouth", None]
 
 
 def test_rerun_resumes_from_the_stage_checkpoints(tmp_path):

@@ -109,6 +109,19 @@ class FeatureExtractor(nn.Module):
         return self.pool(self.blocks(x)).flatten(1)  # (B, F)
 
 
+def _initialise(module: nn.Module) -> None:
+    """He-uniform convolutions, Glorot-uniform dense layers, zero biases, BatchNorm at 1, 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+
+
 def _dense_stack(sizes: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
@@ -153,24 +166,23 @@ class PartNetwork(nn.Module):
         self.part, self.n_classes = part, n_classes
         self.indices: tuple[int, ...] = LANDMARK_SETS[part] if part is not None else ()
         self.features = FeatureExtractor(in_chans=in_chans, width=width)
+        # The extractor draws its weights before any head exists, so under one seed a
+        # Baseline, an FTL and a part network start from the same extractor.
+        _initialise(self.features)
         n_feat, hidden = self.features.out_features, _scaled(HIDDEN, width)
         self.landmark_head = (_dense_stack([n_feat, hidden, 2 * len(self.indices)],
                                            head_activation) if part is not None else None)
         self.head = _dense_stack([n_feat, hidden, hidden, n_classes], head_activation)
-        self.reset_parameters()
+        for head in (self.landmark_head, self.head):
+            if head is not None:
+                _initialise(head)
 
     def reset_parameters(self) -> None:
         """He-uniform convolutions, Glorot-uniform dense layers (Sec. III-C), zero biases
-        (Keras' default), BatchNorm at scale 1 and shift 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
+        (Keras' default), BatchNorm at scale 1 and shift 0; the extractor first."""
+        for module in (self.features, self.landmark_head, self.head):
+            if module is not None:
+                _initialise(module)
 
     @property
     def n_landmarks(self) -> int:
