@@ -275,6 +275,30 @@ def soft_labels_from_model(model: nn.Module, data: Dataset | DataLoader | torch.
     return construct_soft_labels(probs, labels, on_violation=on_violation)
 
 
+def restrict_soft_labels(soft_labels: ArrayLike, classes: Sequence[str],
+                         to: Sequence[str]) -> np.ndarray:
+    """D built on one dataset, for another dataset's classes (Sec. 4.2: the FER-2013 labels
+    serve SFEW and RAF): the rows and columns of the classes ``to``, in that order, each
+    row renormalised to sum 1 (eq. 3).
+
+    Args:
+        soft_labels: (C, C) matrix whose rows and columns follow ``classes``.
+        classes: the class names of ``soft_labels``.
+        to: the target dataset's class names; every one must be in ``classes``.
+    """
+    d = _matrix(soft_labels, "soft_labels")
+    if d.shape != (len(classes), len(classes)):
+        raise ValueError(f"soft_labels has shape {d.shape} but {len(classes)} classes were "
+                         f"named")
+    missing = [c for c in to if c not in classes]
+    if missing:
+        raise ValueError(f"the soft labels have no row for {missing}: they were built on the "
+                         f"classes {list(classes)}; build them on a dataset with every class "
+                         f"of {list(to)}")
+    index = [list(classes).index(c) for c in to]
+    return normalize_rows(d[np.ix_(index, index)])
+
+
 def perturb(soft_labels: ArrayLike, gamma: float) -> np.ndarray:
     """Eq. (4): every entry raised to the power ``gamma``, each row renormalised to sum 1.
 

@@ -5,8 +5,9 @@ import torchvision
 
 from fernb.complexity import count_parameters
 from fernb.explain import gradcam
-from fernb.models.backbones import (BACKBONES, VGG_FACE_LAYERS, build_backbone, densenet121,
-                                    load_weights, resnet18, vgg16, vgg_face_state_dict)
+from fernb.models.backbones import (BACKBONES, VGG_FACE_LAYERS, VGGFaceInput, build_backbone,
+                                    densenet121, load_weights, resnet18, vgg16,
+                                    vgg_face_state_dict)
 from fernb.models.members import Members
 from fernb.seeding import seeded
 
@@ -182,3 +183,15 @@ def test_bad_arguments_raise():
         vgg16(width=0.125, dropout=1.0)
     with pytest.raises(ValueError, match="unknown backbone 'resnet50'"):
         build_backbone("resnet50")
+
+
+def test_vgg_face_input_scales_to_255_and_subtracts_the_mean_pixel():
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, :, 0, 0] = torch.tensor([1.0, 0.5, 0.0])
+    out = VGGFaceInput()(x)
+    # 255 - 129.186 = 125.814; 127.5 - 104.762 = 22.738; 0 - 93.594.
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([125.814, 22.738, -93.594]), atol=1e-4)
+    assert torch.allclose(out[0, :, 1, 1], torch.tensor([-129.186, -104.762, -93.594]),
+                          atol=1e-4)
+    with pytest.raises(ValueError, match="RGB batches"):
+        VGGFaceInput()(torch.zeros(1, 1, 2, 2))

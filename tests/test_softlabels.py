@@ -16,7 +16,8 @@ from fernb.seeding import derive_seed, seeded
 from fernb.softlabels import (GAMMA_GRID, PAPER_SETTINGS, TABLE_1, TABLE_1_CLASSES, Violation,
                               class_means, compare_soft_labels, construct_soft_labels,
                               diagonal_violations, normalize_rows, perturb, row_entropy,
-                              select_gammas, soft_labels_from_model, train_gamma_ensemble)
+                              restrict_soft_labels, select_gammas, soft_labels_from_model,
+                              train_gamma_ensemble)
 from fernb.train import fit
 
 # Table 1 of the paper, transcribed again here (rows AN, DI, FE, HA, SA, SU, NE).
@@ -272,3 +273,17 @@ def test_identical_start_leaves_gamma_the_only_difference():
         train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [], data, **FIT)
     with pytest.raises(ValueError, match="gamma must be a positive number"):
         train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [1.0, 0.0], data, **FIT)
+
+
+def test_restrict_soft_labels_to_another_datasets_classes_by_hand():
+    d = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5]])
+    # Classes (b, a) of (a, b, c): rows b and a, columns b and a, renormalised:
+    # b: [0.7, 0.2] / 0.9, a: [0.3, 0.6] / 0.9.
+    out = restrict_soft_labels(d, ("a", "b", "c"), ("b", "a"))
+    np.testing.assert_allclose(out, [[0.7 / 0.9, 0.2 / 0.9], [1 / 3, 2 / 3]])
+    same = restrict_soft_labels(TABLE_1, TABLE_1_CLASSES, TABLE_1_CLASSES)
+    np.testing.assert_allclose(same, PAPER_TABLE_1 / PAPER_TABLE_1.sum(1, keepdims=True))
+    with pytest.raises(ValueError, match=r"no row for \['contempt'\]"):
+        restrict_soft_labels(d, ("a", "b", "c"), ("a", "contempt"))
+    with pytest.raises(ValueError, match="4 classes were named"):
+        restrict_soft_labels(d, ("a", "b", "c", "d"), ("a",))

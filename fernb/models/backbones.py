@@ -52,7 +52,8 @@ or mis-shaped key raises an error naming the keys. Known files:
   to a torchvision ``vgg16`` state dict with :func:`vgg_face_state_dict`, whose table maps
   each layer to its torchvision key, and ``torch.save`` the result. VGG-Face expects RGB
   224x224 inputs with its own mean subtracted (on a 0..255 scale: R 129.186, G 104.762,
-  B 93.594) and no division by a standard deviation; give the network inputs prepared that way.
+  B 93.594) and no division by a standard deviation; :class:`VGGFaceInput` is that preparation
+  as a layer to put in front of the network.
 
 Weights fit only the architecture they were trained for: ``width=1.0`` and, for the files
 above, ``in_chans=3`` (feed grayscale datasets as 3 channels, ``FaceDataset(channels=3)``).
@@ -237,6 +238,26 @@ def densenet121(*, n_classes: int = 7, in_chans: int = 3, width: float = 1.0,
                                        padding=3, bias=False)
         nn.init.kaiming_normal_(net.features.conv0.weight)
     return _build("densenet121", net, "features.norm5", "classifier", weights)
+
+
+# VGG-Face's mean pixel (R, G, B) on a 0..255 scale (Parkhi et al. 2015).
+VGG_FACE_MEAN: tuple[float, float, float] = (129.186, 104.762, 93.594)
+
+
+class VGGFaceInput(nn.Module):
+    """VGG-Face's input preparation as a layer: RGB images in [0, 1] (B, 3, H, W) are scaled
+    to 0..255 and the mean pixel :data:`VGG_FACE_MEAN` is subtracted (no division by a
+    standard deviation). Put it in front of a network loaded with VGG-Face weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(VGG_FACE_MEAN).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"VGG-Face takes RGB batches (B, 3, H, W), got shape "
+                             f"{tuple(x.shape)}; use FaceDataset(channels=3)")
+        return x * 255.0 - self.mean
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {

@@ -1,0 +1,188 @@
+"""Chapter 4's study: parameter rules, stored and resumed stages, references, measured values."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fernb.data.datasets import FaceDataset
+from fernb.params import ParameterError
+from fernb.report import paper_results, paper_vs_book
+from fernb.softlabels import TABLE_1
+from fernb.studies import softlabels as study
+
+CPU = dict(dataset="synth-wild", data_root="", n_subjects=120, source="synth-lab",
+           source_root="", source_subjects=60, image_size=48, width=0.125, weights="",
+           pretrain_on_source=True, finetune="top", soft_labels_from="dataset",
+           source_epochs=20, constructor_epochs=5, epochs=5, optimizer="adam", lr=0.001,
+           lr_decay_at=0.6, batch_size=64, augment="flip", gamma_grid=[0.4, 1.2, 2.0, 2.8],
+           n_members=3, fixed_gamma="best", repeats=2, seed=0, device="cpu")
+
+
+def _toy(name: str, classes: tuple[str, ...], n_per_class: int = 8, seed: int = 0,
+         split: np.ndarray | None = None) -> FaceDataset:
+    rng = np.random.default_rng(seed)
+    c = len(classes)
+    labels = np.tile(np.arange(c), n_per_class)
+    images = rng.integers(0, 60, (len(labels), 32, 32), dtype=np.uint8)
+    for k in range(c):  # a bright square per class: cues a network can learn
+        images[labels == k, 3 * k:3 * k + 6, 3 * k:3 * k + 6] = 250
+    subjects = np.repeat(np.arange(len(labels) // c), c)
+    mixtures = np.eye(c, dtype=np.float32)[labels] * 0.8 + 0.2 / c
+    return FaceDataset(images=images, labels=labels, subjects=subjects, classes=classes,
+                       name=name, mixtures=mixtures, split=split)
+
+
+CLASSES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger")
+
+
+@pytest.fixture
+def data() -> FaceDataset:
+    return _toy("toy-wild", CLASSES)
+
+
+@pytest.fixture
+def source() -> FaceDataset:
+    return _toy("toy-lab", CLASSES + ("contempt",), seed=1)
+
+
+def _config(**changes) -> study.Config:
+    base = dict(dataset="toy-wild", source="toy-lab", image_size=32, width=0.0625,
+                pretrain_on_source=True, finetune="top", source_epochs=1, constructor_epochs=1,
+                epochs=1, optimizer="adam", lr=0.001, lr_decay_at=0.6, batch_size=32,
+                augment="none", gamma_grid=(1.0, 2.0), n_members=2, repeats=2, device="cpu")
+    return study.Config(**{**base, **changes})
+
+
+def test_the_cpu_values_pass_and_each_bad_value_is_named() -> None:
+    study.PARAMETERS.check(CPU, given=set(CPU))
+    bad = {"gamma_grid": [2.0, 1.0], "fixed_gamma": "worst", "finetune": "some",
+           "weights": 3, "lr_decay_at": 0, "width": 2.0, "n_members": 5,
+           "soft_labels_from": "both", "repeats": 0}
+    for name, value in bad.items():
+        problems = study.PARAMETERS.problems({**CPU, name: value}, given=set(CPU))
+        assert problems and all(name in p for p in problems), (name, problems)
+    with pytest.raises(ParameterError, match="no contempt class"):
+        study.PARAMETERS.check({**CPU, "dataset": "synth-lab", "source": "synth-wild"})
+    with pytest.raises(ParameterError, match="pretrain_on_source"):
+        study.PARAMETERS.check({**CPU, "source": "synth-wild", "source_subjects": 60})
+    with pytest.raises(ParameterError, match="soft_labels_from is not used"):
+        study.PARAMETERS.check({**CPU, "source": "synth-wild", "pretrain_on_source": False},
+                               given={"soft_labels_from"})
+    with pytest.raises(ValueError, match="n_members"):
+        _config(n_members=3)
+
+
+def test_a_fixed_gamma_may_be_a_number_or_its_text() -> None:
+    for value in ("best", 2.2, "2.2"):
+        assert not study.PARAMETERS.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
+    for value in ("2.2x", 0, "11"):
+        assert study.PARAMETERS.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
+
+
+def test_prototype_reference_by_hand() -> None:
+    # neutral, happiness, surprise: squared distances 1.8 (n-h), 3.15 (n-s), 4.47 (h-s);
+    # the median distance is sqrt(3.15), so the kernel is exp(-d^2 / 6.3): 0.751477,
+    # 0.606531, 0.491866; row neutral [1, 0.751477, 0.606531] / 2.358008.
+    ref = study.prototype_reference(("neutral", "happiness", "surprise"))
+    np.testing.assert_allclose(ref[0], [0.424087, 0.318692, 0.257222], atol=1e-6)
+    np.testing.assert_allclose(ref.sum(1), 1)
+    full = study.prototype_reference(CLASSES)
+    others = np.where(np.eye(7, dtype=bool), -1, full)
+    assert CLASSES[others[CLASSES.index("surprise")].argmax()] == "fear"
+
+
+def test_observations_and_order_on_hand_made_matrices() -> None:
+    cm = pd.DataFrame(np.eye(7) * 60, index=list(CLASSES), columns=list(CLASSES))
+    cm.loc["disgust", "anger"] = 25
+    cm.loc["fear", "surprise"] = 20
+    cm.loc["fear", "sadness"] = 10
+    cm.loc["anger", "neutral"] = 30
+    table = study.observations(cm)
+    assert table.loc["disgust", "holds"] == "yes"
+    assert table.loc["fear", "most frequent mistake"] == "surprise"
+    assert table.loc["fear", "share named (%)"] == 20
+    assert table.loc["anger", "holds"] == "no"
+    assert study.order_kept(TABLE_1.to_numpy(), [0.4, 1.0, 2.8])
+
+
+def test_a_dataset_without_validation_part_gives_a_fifth_of_training_to_it() -> None:
+    names = np.array(["train"] * 35 + ["test"] * 21)
+    toy = _toy("toy", CLASSES, split=names)
+    s = study.split(toy)
+    assert len(s.test) == 21 and len(s.val) == 7 and len(s.train) == 28
+    assert not set(s.val) & set(s.train)
+
+
+def test_stages_store_resume_and_fill_the_paper_table(data, source, tmp_path, monkeypatch):
+    config = _config()
+    soft = study.build_soft_labels(data, source, config, tmp_path)
+    assert soft.main_from == "dataset" and soft.other.shape == (7, 7)
+    np.testing.assert_allclose(soft.main.sum(1), 1)
+    assert soft.source.soft_labels.shape == (8, 8)
+    assert set(study.diagonal_table(soft).index.get_level_values(0)) == {"toy-wild", "toy-lab"}
+    refs = study.reference_table(soft, data, source)
+    assert ("toy-wild", "true mixtures") in refs.index
+    x = study.inputs(data, soft, config)
+    assert x.train.tensors[0].shape[1:] == (4 * 8, 2, 2)  # fourth block at width 1/16
+    sweep = study.gamma_sweep(data, soft, config, tmp_path, x)
+    assert list(sweep.table["gamma"]) == [1.0, 2.0] and sweep.gammas == (1.0, 2.0)
+    comparison = study.compare_ensembles(data, soft, sweep, config, tmp_path, x)
+    assert comparison.groups == ("hard", "fixed", "perturbed", "transfer")
+    assert comparison.logits[(1, "perturbed")].shape == (len(comparison.labels), 2, 7)
+    runs = comparison.runs
+    assert len(runs) == 2 * 4 * 2 and runs["test accuracy"].between(0, 100).all()
+    # Member 0 of repeat 0 with the first gamma is the sweep's network at that gamma.
+    first = runs.query("repeat == 0 and group == 'perturbed' and member == 0")
+    swept = sweep.table.set_index("gamma").loc[sweep.gammas[0], "test accuracy"]
+    assert math.isclose(first["test accuracy"].iloc[0], swept)
+    table = study.accuracy_table(comparison, sweep)
+    assert table["members"].tolist() == [2, 2, 2, 2]
+    assert len(study.ttests(comparison)) in (0, 3)
+    assert study.confusion(comparison).shape == (7, 7)
+
+    values = study.measured(soft, sweep, comparison, "synth-wild")
+    assert set(values) <= set(paper_results("soft_labels"))
+    assert values["perturbation_keeps_order"] is True
+    frame = paper_vs_book("soft_labels", values)
+    assert (frame["verdict"] != "not measured").sum() == len(values)
+    claims = study.claims(soft, sweep, comparison)
+    assert all(c.holds in (True, False, None) for c in claims) and len(claims) >= 10
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(*args, **kwargs):
+        calls.append(1)
+        raise Stop
+
+    monkeypatch.setattr(study, "fit", fake_fit)
+    (tmp_path / "members" / study.member_key(1, 1, "hard") / "result.json").unlink()
+    with pytest.raises(Stop):  # the only unfinished member is trained again
+        study.compare_ensembles(data, soft, sweep, config, tmp_path, x)
+    assert calls == [1]
+    again = study.build_soft_labels(data, source, config, tmp_path)
+    np.testing.assert_array_equal(again.main, soft.main)
+    with pytest.raises(ValueError, match="other settings"):
+        study.build_soft_labels(data, source, _config(epochs=2), tmp_path)
+
+
+def test_finetune_all_starts_members_from_the_source_network(data, source, tmp_path):
+    config = _config(finetune="all", repeats=1, n_members=1, gamma_grid=(1.0,),
+                     soft_labels_from="source")
+    soft = study.build_soft_labels(data, source, config, tmp_path)
+    assert soft.main_from == "source"
+    start = study.start_state(soft, config)
+    net = study.network(7, config, start, seed=3)
+    head = set(net.backbone.head_keys)
+    for key, value in net.backbone.net.state_dict().items():
+        if key not in head:
+            assert np.array_equal(value.numpy(), start[key].numpy()), key
+    sweep = study.gamma_sweep(data, soft, config, tmp_path)
+    comparison = study.compare_ensembles(data, soft, sweep, config, tmp_path)
+    assert comparison.logits[(0, "hard")].shape == (len(comparison.labels), 1, 7)
+    assert len(study.diversity_table(comparison)) == 0
