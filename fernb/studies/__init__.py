@@ -15,6 +15,10 @@ from fernb.params import Rules
 CHAPTERS: dict[str, str] = {
     "00_data": "data",
     "01_esr": "esr",
+    "02_relevance_maps": "relevance",
+    "03_fll_to_fer": "parts",
+    "04_soft_labels": "softlabels",
+    "05_faml_t2v": "faml",
 }
 
 
