@@ -72,6 +72,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vgg import VGG, cfgs, make_layers
 
 from fernb.models.members import as_members
+from fernb.models.sizes import check_sizes, scaled
 
 WeightsPath = str | Path | None
 
@@ -128,17 +129,10 @@ class Backbone(nn.Module):
         return as_members(self.net(x))  # (B, 1, C)
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
-
-
 def _check(n_classes: int, in_chans: int, width: float) -> None:
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    check_sizes(n_classes=n_classes, in_chans=in_chans, width=width)
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    if not width > 0:
-        raise ValueError(f"width must be positive (1.0 = torchvision's network), got {width}")
 
 
 def _he_init(module: nn.Module, *, mode: str, linear_std: float | None = None) -> None:
@@ -159,7 +153,7 @@ def _resnet(layers: list[int], *, n_classes: int, in_chans: int, width: float) -
         return ResNet(BasicBlock, layers, num_classes=n_classes)
     with torch.device("meta"):  # a skeleton: every part with parameters is rebuilt below
         net = ResNet(BasicBlock, layers, num_classes=n_classes)
-    planes = [_scaled(64 * 2**i, width) for i in range(4)]
+    planes = [scaled(64 * 2**i, width) for i in range(4)]
     net.inplanes = planes[0]
     net.conv1 = nn.Conv2d(in_chans, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
     net.bn1 = nn.BatchNorm2d(planes[0])
@@ -214,10 +208,10 @@ def vgg16(*, n_classes: int = 7, in_chans: int = 3, width: float = 1.0,
     else:
         with torch.device("meta"):  # a skeleton: features and classifier are rebuilt below
             net = VGG(nn.Sequential(), num_classes=n_classes, init_weights=False)
-        config = [v if v == "M" else _scaled(v, width) for v in cfgs["D"]]
+        config = [v if v == "M" else scaled(v, width) for v in cfgs["D"]]
         net.features = make_layers(config, batch_norm=batch_norm)
         net.features[0] = nn.Conv2d(in_chans, config[0], kernel_size=3, padding=1)
-        hidden, last = _scaled(4096, width), config[-2]
+        hidden, last = scaled(4096, width), config[-2]
         net.classifier = nn.Sequential(
             nn.Linear(last * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
             nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
@@ -230,8 +224,8 @@ def densenet121(*, n_classes: int = 7, in_chans: int = 3, width: float = 1.0,
                 weights: WeightsPath = None) -> Backbone:
     """DenseNet-121 (torchvision) with a ``n_classes``-way ``classifier``."""
     _check(n_classes, in_chans, width)
-    init_features = _scaled(64, width)
-    net = DenseNet(growth_rate=_scaled(32, width), block_config=(6, 12, 24, 16),
+    init_features = scaled(64, width)
+    net = DenseNet(growth_rate=scaled(32, width), block_config=(6, 12, 24, 16),
                    num_init_features=init_features, num_classes=n_classes)
     if in_chans != 3:
         net.features.conv0 = nn.Conv2d(in_chans, init_features, kernel_size=7, stride=2,

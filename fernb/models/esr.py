@@ -27,6 +27,7 @@ from torch import nn
 
 from fernb.complexity import eval_mode
 from fernb.ensemble import plurality_vote
+from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
 
 # One convolution per row: (out_channels, kernel, padding, max-pool after it).
@@ -109,14 +110,9 @@ class ESR(nn.Module):
             raise ValueError(f"level must be in [0, {len(layers)}] for arch={arch!r}, got {level}")
         if n_branches < 1:
             raise ValueError(f"n_branches must be at least 1, got {n_branches}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        if width <= 0:
-            raise ValueError(f"width must be positive (1.0 = paper), got {width}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+        check_sizes(n_classes=n_classes, in_chans=in_chans, width=width)
         self.arch, self.level, self.n_classes = arch, level, n_classes
-        self._layers = tuple((max(1, round(c * width)), k, p, pool) for c, k, p, pool in layers)
+        self._layers = tuple((scaled(c, width), k, p, pool) for c, k, p, pool in layers)
         self._in_chans = in_chans
         self.seed = seed
         with seeded(seed, 0):

@@ -71,6 +71,7 @@ from fernb.complexity import (conv_flops_formula, count_keras_parameters, count_
                               flops, storage_mb)
 from fernb.landmarks import N_LANDMARKS, PARTS
 from fernb.models.members import Members
+from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
 
 FILTERS: tuple[int, ...] = (16, 32, 64, 128)
@@ -83,10 +84,6 @@ KINDS: tuple[str, ...] = ("el", "ftl", "baseline")
 HEAD_ACTIVATIONS: dict[str, type[nn.Module]] = {"none": nn.Identity, "relu": nn.ReLU}
 
 
-def _scaled(units: int, width: float) -> int:
-    return max(1, round(units * width))
-
-
 class FeatureExtractor(nn.Module):
     """Four blocks of [conv3x3 'same' -> BN -> ReLU] x 2, each ending in a 3x3 stride-2 'same'
     max-pool, then global average pooling: (B, in_chans, H, W) -> (B, out_features)."""
@@ -95,7 +92,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         blocks, cin = [], in_chans
         for filters in FILTERS:
-            cout = _scaled(filters, width)
+            cout = scaled(filters, width)
             blocks.append(nn.Sequential(
                 Conv2dNormActivation(cin, cout, 3, bias=True),
                 Conv2dNormActivation(cout, cout, 3, bias=True),
@@ -154,12 +151,7 @@ class PartNetwork(nn.Module):
         if part is not None and part not in LANDMARK_SETS:
             raise ValueError(f"part must be one of {list(LANDMARK_SETS)} or None (Baseline), "
                              f"got {part!r}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        if width <= 0:
-            raise ValueError(f"width must be positive (1.0 = paper), got {width}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+        check_sizes(n_classes=n_classes, in_chans=in_chans, width=width)
         if head_activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"head_activation must be one of {list(HEAD_ACTIVATIONS)}, got "
                              f"{head_activation!r}")
@@ -169,7 +161,7 @@ class PartNetwork(nn.Module):
         # The extractor draws its weights before any head exists, so under one seed a
         # Baseline, an FTL and a part network start from the same extractor.
         _initialise(self.features)
-        n_feat, hidden = self.features.out_features, _scaled(HIDDEN, width)
+        n_feat, hidden = self.features.out_features, scaled(HIDDEN, width)
         self.landmark_head = (_dense_stack([n_feat, hidden, 2 * len(self.indices)],
                                            head_activation) if part is not None else None)
         self.head = _dense_stack([n_feat, hidden, hidden, n_classes], head_activation)

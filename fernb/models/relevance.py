@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fernb.landmarks import heatmap
+from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
 
 PADDINGS = ("same", "valid")
@@ -272,10 +273,6 @@ def _kaiming(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _scaled(filters: int, width: float) -> int:
-    return max(1, round(filters * width))
-
-
 def _feature_side(side: int, blocks: int, n_eblocks: int, shrink: int) -> int:
     """Feature-map side after the representation component (``shrink`` pixels lost per
     convolution); 0 when it vanishes."""
@@ -315,13 +312,7 @@ class BaselineCNN(nn.Module):
                  init: str = "kaiming", seed: int | None = None) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be at least 1, got {in_chans}")
-        if width <= 0:
-            raise ValueError(f"width must be positive (1.0 = the default architecture), "
-                             f"got {width}")
+        check_sizes(n_classes=n_classes, in_chans=in_chans, width=width)
         if rep_blocks < 1 or n_eblocks < 1:
             raise ValueError(f"rep_blocks and n_eblocks must be at least 1, got rep_blocks="
                              f"{rep_blocks}, n_eblocks={n_eblocks}")
@@ -343,7 +334,7 @@ class BaselineCNN(nn.Module):
         self.width = width
         self.init = init
         self.seed = seed
-        filters = [_scaled(rep_filters * 2**i, width) for i in range(rep_blocks)]
+        filters = [scaled(rep_filters * 2**i, width) for i in range(rep_blocks)]
         with self._init_stream(0):
             self.representation = Representation(in_chans, filters, n_eblocks,
                                                  0 if shrink else 1)
@@ -420,7 +411,7 @@ class RelevanceNet(BaselineCNN):
         if map_start is not None and map_activation == "sigmoid" and not 0 < map_start < 1:
             raise ValueError(f"map_start must lie in (0, 1) for a sigmoid map (or be None), "
                              f"got {map_start}")
-        filters = [_scaled(parts_filters * 2**i, self.width) for i in range(parts_blocks)]
+        filters = [scaled(parts_filters * 2**i, self.width) for i in range(parts_blocks)]
         with self._init_stream("facial_parts"):
             self.facial_parts = FacialParts(self.in_chans, filters, map_activation,
                                             skip_connections)
