@@ -8,6 +8,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 
@@ -45,6 +46,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` that never leaves a partial checkpoint."""
     return _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_savez(path: str | Path, **arrays: Any) -> Path:
+    """``np.savez_compressed`` that never leaves a partial archive."""
+    return _atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

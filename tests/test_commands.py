@@ -59,10 +59,9 @@ def test_printed_command_passes_the_checks(where: str, command: str, monkeypatch
             pytest.fail(f"{where}: unknown option {flag!r} in {command!r}")
     # A weights file (e.g. /data/vgg_face_torchvision.pth) is on the reader's machine: stand in
     # an empty file of that name, since its existence is checked before the kernel starts.
-    for key in ("weights",):
-        if overrides.get(key):
-            overrides[key] = str(tmp_path / Path(overrides[key]).name)
-            Path(overrides[key]).touch()
+    if overrides.get("weights"):
+        overrides["weights"] = str(tmp_path / Path(overrides["weights"]).name)
+        Path(overrides["weights"]).touch()
     path = runner.resolve_notebook(name, ROOT)
     given = {**runner.load_profile(profile, ROOT).get(path.stem, {}), **overrides}
     params = runner.validate_parameters(path, given)

@@ -7,19 +7,12 @@ import torch
 from torch import nn
 
 from fernb import ensemble as E
+from fernb.studies import faml
 
 # Zhou et al., Table 3: six R18+FAML networks on one "Anger" RAF-DB image, classes in the
-# paper's order AN, DI, FE, HA, NE, SA, SU.
-RAF_CLASSES = ("AN", "DI", "FE", "HA", "NE", "SA", "SU")
-TABLE3_LOGITS = torch.tensor([[
-    [0.295, 0.138, -1.331, 0.917, -1.429, -0.502, -0.712],
-    [0.312, 0.058, -1.383, 0.888, -1.426, -0.547, -0.495],
-    [0.187, -0.119, -0.835, 1.715, -1.240, -0.118, -1.127],
-    [1.518, -0.168, -1.641, 0.489, -1.482, -0.985, -0.491],
-    [0.798, -0.210, -1.823, 0.753, -1.308, -0.582, -1.493],
-    [0.403, -0.433, -1.392, -0.637, -0.493, -0.131, -1.072],
-]], dtype=torch.float64)  # (1, 6, 7)
-TABLE3_CLASS_COLUMN = ("FE", "FE", "FE", "AN", "AN", "AN")
+# paper's order AN, DI, FE, HA, NE, SA, SU (the outputs as the chapter holds them).
+TABLE3_LOGITS = torch.from_numpy(faml.TABLE3_LOGITS).unsqueeze(0)  # (1, 6, 7), float64
+RAF_CLASSES, TABLE3_CLASS_COLUMN = faml.TABLE3_CLASSES, faml.TABLE3_CLASS_COLUMN
 TABLE3_T2V = [8.7, 0, 0, 7.7, 0, 1, 0]
 
 

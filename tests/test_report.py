@@ -59,6 +59,25 @@ def test_table_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["t.csv", "t.md"]
 
 
+def test_atomic_savez_round_trip_and_no_partial_archive(tmp_path, monkeypatch):
+    from fernb.io import atomic_savez
+    path = tmp_path / "a.npz"
+    atomic_savez(path, x=np.arange(3), y=np.eye(2))
+    with np.load(path) as stored:
+        np.testing.assert_array_equal(stored["x"], [0, 1, 2])
+        np.testing.assert_array_equal(stored["y"], np.eye(2))
+
+    def fail(*args, **kwargs):
+        raise OSError("full")
+
+    monkeypatch.setattr("fernb.io.os.replace", fail)
+    with pytest.raises(OSError, match="full"):
+        atomic_savez(path, x=np.zeros(5))
+    with np.load(path) as stored:
+        np.testing.assert_array_equal(stored["x"], [0, 1, 2])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
+
+
 def test_table_and_figure_reject_bad_input(tmp_path):
     rep = Report(tmp_path)
     with pytest.raises(TypeError, match="to_frame"):

@@ -13,7 +13,6 @@ hash of the dataset name, its root and every preprocessing parameter.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from fernb.data.check import CheckReport, ensure_ok, landmark_columns
 from fernb.data.datasets import FaceDataset, register_dataset
 from fernb.data.transforms import CROPS, preprocess_face
-from fernb.io import atomic_write_bytes
+from fernb.io import atomic_savez
 from fernb.labels import EMOTIONS_7, EMOTIONS_8, FERPLUS_COLUMNS, class_set
 
 CACHE_VERSION = 1
@@ -74,9 +73,7 @@ def save_npz(dataset: FaceDataset, path: str | Path) -> Path:
     arrays |= {f"meta__{k}": v for k, v in dataset.meta.items()}
     arrays |= {"classes": np.array(dataset.classes), "name": np.array(dataset.name),
                "channels": np.array(dataset.channels)}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_savez(path, **arrays)
 
 
 def load_npz(path: str | Path) -> FaceDataset:

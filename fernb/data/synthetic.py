@@ -74,7 +74,6 @@ every parameter, so a second call with the same arguments is a load.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 import tempfile
@@ -85,7 +84,7 @@ import cv2
 import numpy as np
 
 from fernb.data.datasets import FaceDataset, register_dataset
-from fernb.io import atomic_write_bytes
+from fernb.io import atomic_savez
 from fernb.labels import EMOTIONS_7, EMOTIONS_8, valence_arousal
 from fernb.landmarks import FLIP_PERMUTATION
 
@@ -1007,9 +1006,7 @@ _ARRAYS = ("images", "labels", "subjects", "landmarks", "aus", "mixtures", "vale
 def _save(ds: FaceDataset, path: Path) -> None:
     arrays = {k: getattr(ds, k) for k in _ARRAYS}
     arrays.update({f"meta_{k}": v for k, v in ds.meta.items()})
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_savez(path, **arrays)
 
 
 def _load(path: Path, preset: str) -> FaceDataset:

@@ -17,7 +17,6 @@ resumes; a run whose stored artifacts are incomplete is trained again.
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -36,7 +35,7 @@ from fernb.data.transforms import AUGMENTATIONS, BatchAugmentation
 from fernb.ensemble import DIVERSITY_LABELS, diversity, plurality_vote
 from fernb.evaluate import accuracy, accuracy_table, aggregate_folds, paired_ttest, predict, rmse
 from fernb.explain import chance_level, evidence_score, gradcam
-from fernb.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from fernb.io import atomic_savez, atomic_write_json, atomic_write_text, read_json
 from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, DatasetName, Device,
                           ListOf, MappingOf, Range, Rules, dataset_rules, relation)
@@ -287,12 +286,6 @@ def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split, config:
                      checkpoint_dir=out / "ckpt", **common)
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _complete(out: Path, run: Run, needed_maps: Sequence[str]) -> dict | None:
     """The stored result of a run if every artifact it needs is on disk, else None."""
     result = read_json(out / "result.json")
@@ -368,9 +361,9 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
             test_labels = data.labels[split.test]
             for i, h in enumerate(hist, start=1):
                 atomic_write_text(out / f"history_{i}.csv", h.to_frame().to_csv())
-            _save_npz(out / "test.npz", logits=test_logits, labels=test_labels)
+            atomic_savez(out / "test.npz", logits=test_logits, labels=test_labels)
             if hook is not None:
-                _save_npz(out / "saliency.npz", **hook.maps)
+                atomic_savez(out / "saliency.npz", **hook.maps)
             members = (test_logits.argmax(-1) == test_labels[:, None]).mean(0)
             result = {**asdict(run), "key": run.key, "label": run.label,
                       "accuracy": float((plurality_vote(torch.from_numpy(test_logits)).numpy()

@@ -26,10 +26,9 @@ paper's 224 px, as the paper; ``layer2`` at 48 px, where ``layer4`` is 2 x 2).
 """
 from __future__ import annotations
 
-import io
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,18 +42,18 @@ from matplotlib.figure import Figure
 from scipy import stats
 from torch import nn
 
-from fernb.data.datasets import SYNTHETIC, FaceDataset, chapter_dataset
+from fernb.data.datasets import FaceDataset, chapter_dataset
 from fernb.data.splits import standard_split
 from fernb.data.transforms import AUGMENTATIONS, BatchAugmentation
 from fernb.ensemble import (ZHOU_RULES, TopTwoVote, label_rank_distribution, t2v_sweep,
                             t2v_votes, top_two_counts)
-from fernb.evaluate import normalized_confusion, paired_ttest, per_class_recall, predict
+from fernb.evaluate import normalized_confusion, paired_ttest, predict
 from fernb.explain import chance_level, evidence_score, gradcam
 from fernb.fga import TwoPhase, fga, shared_start, train_two_phase
-from fernb.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, \
+from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, \
     atomic_write_text, read_json
 from fernb.losses import MultiLoss, balanced_class_weights
-from fernb.models.backbones import BACKBONES, build_backbone
+from fernb.models.backbones import build_backbone
 from fernb.models.faml import FAML, r18_faml
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
                           Device, ListOf, Range, Rules, Unused, dataset_rules, relation)
@@ -323,12 +322,6 @@ def _head_keys(net: nn.Module) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- storage
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 ARTIFACTS = ("weights.pt", "test.npz", "history.csv")
 
 
@@ -384,7 +377,7 @@ class _Trainer:
         atomic_write_text(out / "history.csv", frame.to_csv())
         atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()},
                           out / "weights.pt")
-        _save_npz(out / "test.npz", logits=logits)
+        atomic_savez(out / "test.npz", logits=logits)
         accuracy = float((logits[:, 0].argmax(-1) == self.data.test.labels).mean())
         atomic_write_json(out / "result.json", {  # last: the network is complete
             "name": name, "training_loss": run.training_loss, "switch_epoch": run.switch_epoch,
@@ -443,7 +436,7 @@ def _pretrain(arch: str, lab: Splits, config: Config, folder: Path) -> tuple[str
                   device=config.device, seed=derive_seed(config.seed, "pretrain", arch),
                   checkpoint_dir=out / "ckpt", progress=False, augment=augment)
     logits = predict(net, lab.test, device=config.device).numpy()
-    _save_npz(out / "test.npz", logits=logits, labels=lab.test.labels)
+    atomic_savez(out / "test.npz", logits=logits, labels=lab.test.labels)
     atomic_torch_save({k: v.detach().cpu() for k, v in net.net.state_dict().items()}, weights)
     atomic_write_json(out / "result.json", {
         "arch": arch, "epochs": len(history),
@@ -837,15 +830,18 @@ def _row_name(model: str) -> str:
     return {"FAML": "R18+FAML", "FAML-FGA": "R18+FAML-FGA"}.get(model, model)
 
 
+def _basic_ensembles(results: StudyResults) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(replicate, model, logits) of every basic network's ensemble (the controls left out)."""
+    return ((r, model, z) for (r, model), z in results.logits.items() if model not in CONTROLS)
+
+
 def paired_rules(results: StudyResults, a: str = "T2V", b: str = "NOI", *,
                  alpha: float = 1.9, beta: float = 1.0) -> pd.DataFrame:
     """Rule ``a`` against rule ``b`` on every (basic network, replicate) ensemble: both
     accuracies (%), their difference, and the test images only one of them gets right."""
     rules = rule_for(alpha, beta)
     rows = []
-    for (r, model), z in results.logits.items():
-        if model in CONTROLS:
-            continue
+    for r, model, z in _basic_ensembles(results):
         t = torch.from_numpy(z)
         ra, rb = (rules[x](t).numpy() == results.labels for x in (a, b))
         rows.append({"basic network": _row_name(model), "replicate": r,
@@ -913,9 +909,7 @@ def disagreements(results: StudyResults, *, alpha: float = 1.9, beta: float = 1.
     softmax sum only where the networks split their first places."""
     rules = rule_for(alpha, beta)
     rows = []
-    for (r, model), z in results.logits.items():
-        if model in CONTROLS:
-            continue
+    for r, model, z in _basic_ensembles(results):
         t = torch.from_numpy(z)
         t2v, noi = rules["T2V"](t).numpy(), rules["NOI"](t).numpy()
         firsts = top_two_counts(t)[:, 0].numpy()  # (N, C)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -58,7 +57,7 @@ from fernb.device import resolve_device
 from fernb.ensemble import SoftmaxSum
 from fernb.evaluate import accuracy, predict, to_predictions
 from fernb.explain import branch_maps, chance_level, evidence_score, union_map
-from fernb.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, \
+from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, \
     atomic_write_text, read_json
 from fernb.landmarks import N_LANDMARKS, PART_COLORS
 from fernb.models.members import Members
@@ -258,12 +257,6 @@ class StudyResults:
     n_classes: dict[str, int]
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 ARTIFACTS = ("test.npz", "model.pt", "history.csv")
 
 
@@ -313,9 +306,9 @@ def _fit_run(run: Run, data: FaceDataset, split: Split, config: Config, out: Pat
                             checkpoint_dir=out / "ckpt", augment=augment, seed=config.seed,
                             device=config.device, progress=False)
     test_logits = predict(model, inputs(test), device=config.device).numpy()  # (N, M, C)
-    _save_npz(out / "test.npz", logits=test_logits, labels=test.labels)
+    atomic_savez(out / "test.npz", logits=test_logits, labels=test.labels)
     if cross is not None:
-        _save_npz(out / "cross.npz", logits=predict(model, cross[0], device=config.device)
+        atomic_savez(out / "cross.npz", logits=predict(model, cross[0], device=config.device)
                   .numpy(), labels=cross[1])
     atomic_torch_save({"final": _cpu(model.state_dict()),
                        "stage1": [_cpu(r.landmark_state) if isinstance(r, TransferResult)

@@ -43,7 +43,6 @@ Choices where the paper is silent, each a setting of :class:`Config`:
 """
 from __future__ import annotations
 
-import io
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -65,7 +64,7 @@ from fernb.data.transforms import RelevanceAugmentation, WarpSets, contrast_norm
 from fernb.evaluate import (aggregate_folds, normalized_confusion, paired_ttest, predict,
                             to_predictions)
 from fernb.explain import chance_level, evidence_score, gradcam, pointing_game
-from fernb.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, \
+from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, \
     atomic_write_text, read_json
 from fernb.losses import (RelevanceLoss, relevance_contiguity, relevance_mse,
                           relevance_sparsity)
@@ -369,12 +368,6 @@ def show_indices(prep: Prepared, test: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked[:n], dtype=np.int64)
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _dataset(prep: Prepared, idx: np.ndarray, with_maps: bool) -> TensorDataset:
     parts = [prep.x[idx], torch.from_numpy(prep.labels[idx])]
     if with_maps:
@@ -503,10 +496,10 @@ def _results(store: dict[str, Any], show: dict[int, np.ndarray], prep: Prepared,
 def _store(out: Path, run: Run, history: History, logits: np.ndarray, scores: pd.DataFrame,
            shown: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
     atomic_write_text(out / "history.csv", history.to_frame().to_csv())
-    _save_npz(out / "test.npz", logits=logits, labels=scores["label"].to_numpy(),
+    atomic_savez(out / "test.npz", logits=logits, labels=scores["label"].to_numpy(),
               index=scores["index"].to_numpy())
     atomic_write_text(out / "scores.csv", scores.to_csv(index=False))
-    _save_npz(out / "maps.npz", **shown)
+    atomic_savez(out / "maps.npz", **shown)
     result = _summary(run, scores, seconds, history)
     atomic_write_json(out / "result.json", result)  # last: marks the run finished
     shutil.rmtree(out / "ckpt", ignore_errors=True)  # fit's resume state, no longer needed

@@ -47,7 +47,6 @@ its training part to validation, as the paper's Sec. 4.3 does.
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
@@ -74,7 +73,7 @@ from fernb.data.synthetic import AU_NAMES, PROTOTYPES
 from fernb.data.transforms import AUGMENTATIONS, BatchAugmentation
 from fernb.ensemble import RULES, diversity
 from fernb.evaluate import accuracy, normalized_confusion, paired_ttest, predict
-from fernb.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json
+from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, read_json
 from fernb.losses import SoftLabelLoss
 from fernb.models.backbones import Backbone, VGGFaceInput, load_weights, vgg16
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
@@ -357,12 +356,6 @@ def _fit_kwargs(config: Config, epochs: int) -> dict[str, Any]:
                 device=config.device, progress=False)
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path) as stored:
@@ -433,7 +426,7 @@ def _constructor(data: FaceDataset, s: Split, config: Config,
         val = predict(net, data.subset(s.val), device=config.device)[:, 0].numpy()
         test = predict(net, data.subset(s.test), device=config.device)[:, 0].numpy()
         atomic_torch_save(net.state_dict(), out / "network.pt")
-        _save_npz(out / "predictions.npz", val=val, test=test)
+        atomic_savez(out / "predictions.npz", val=val, test=test)
         result = {"dataset": data.name, "classes": list(data.classes),
                   "seconds": round(time.perf_counter() - t0, 1)}
         atomic_write_json(out / "result.json", result)  # last: the stage is complete
@@ -701,7 +694,7 @@ def _member(x: _Inputs, d: np.ndarray | None, config: Config,
                   augment=augment, **_fit_kwargs(config, config.epochs))
     logits = {part: predict(net, getattr(x, part), device=config.device)[:, 0].numpy()
               for part in ("val", "test")}
-    _save_npz(out / "logits.npz", **logits)
+    atomic_savez(out / "logits.npz", **logits)
     result = {"seconds": round(time.perf_counter() - t0, 2),
               "train_loss": float(history.to_frame()["train_loss"].iloc[-1])}
     atomic_write_json(out / "result.json", result)  # last: the member is complete
