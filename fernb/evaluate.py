@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fernb.complexity import eval_mode
-from fernb.device import resolve_device
+from fernb.device import channels_last, resolve_device, resolve_precision, to_memory_format
 from fernb.ensemble import RULES, DecisionRule, as_logits, get_rule, to_numpy
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
@@ -40,8 +40,9 @@ def _batches(data: Dataset | DataLoader | torch.Tensor, batch_size: int) -> Iter
 
 
 def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
-            device: str | torch.device = "auto", batch_size: int = 256,
-            output: str = "forward") -> torch.Tensor | tuple[torch.Tensor, ...]:
+            device: str | torch.device = "auto", precision: str = "auto",
+            batch_size: int = 256, output: str = "forward"
+            ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Model outputs for every sample, in order, as (N, M, C) logits on the CPU.
 
     Runs under ``torch.no_grad()`` in eval mode and restores every sub-module's own mode
@@ -50,6 +51,7 @@ def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
     use the images only. A (B, C) output (a plain classifier) becomes (B, 1, C); a model
     returning a tuple of tensors gets a tuple of concatenated outputs. ``output`` names the
     model method to call, e.g. ``"forward_affect"`` for ESR-9's valence/arousal (B, M, 2).
+    ``precision`` is the forward pass's autocast (:mod:`fernb.device`); outputs are fp32.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -58,21 +60,29 @@ def predict(model: nn.Module, data: Dataset | DataLoader | torch.Tensor, *,
     method = getattr(model, output)
     batches = _batches(data, batch_size)
     device = resolve_device(device)
+    mixed = resolve_precision(precision, device)
     model.to(device)
     outputs = []
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), channels_last(model) as layout:
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            out = method(x.to(device))
+            with mixed.autocast():
+                out = method(to_memory_format(x.to(device), layout))
             if isinstance(out, (tuple, list)):
-                outputs.append(tuple(o.cpu() for o in out))
+                outputs.append(tuple(_cpu32(o) for o in out))
             else:
-                outputs.append(out.unsqueeze(1).cpu() if out.ndim == 2 else out.cpu())
+                outputs.append(_cpu32(out.unsqueeze(1) if out.ndim == 2 else out))
     if not outputs:
         raise ValueError("data is empty: nothing to predict")
     if isinstance(outputs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outputs))
     return torch.cat(outputs)
+
+
+def _cpu32(out: torch.Tensor) -> torch.Tensor:
+    """An output on the CPU, floating point in fp32, in the default memory layout."""
+    out = out.float() if out.is_floating_point() else out
+    return out.cpu().contiguous()
 
 
 def to_predictions(outputs: ArrayLike, rule: str | DecisionRule | None = None) -> np.ndarray:

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from fernb.data.datasets import FaceDataset
-from fernb.device import resolve_device
+from fernb.device import (Precision, channels_last, resolve_device, resolve_precision,
+                          to_memory_format)
 from fernb.io import atomic_torch_save
 from fernb.ensemble import plurality_vote
 from fernb.losses import member_cross_entropy, member_rmse
@@ -117,6 +118,14 @@ def _batches(data: Data, batch_size: int, device: torch.device, shuffle: bool,
         data = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
     for x, *ys in data:
         yield x.to(device, non_blocking=True), _targets(ys, device)
+
+
+def _fp32(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A model output with its floating-point tensors in fp32, so that losses and metrics
+    are computed in full precision whatever the forward pass used."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    return tuple(_fp32(o) for o in out)
 
 
 def _logits(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -208,14 +217,14 @@ class _Metrics:
 @torch.no_grad()
 def _evaluate(model: nn.Module, forward: Callable, data: Data, loss_fn: Callable, task: str,
               batch_size: int, device: torch.device, generator: torch.Generator,
-              amp: bool) -> dict[str, float]:
+              precision: Precision, layout: bool) -> dict[str, float]:
     model.eval()
     metrics = _Metrics(task)
     for x, y in _batches(data, batch_size, device, False, generator):
-        with torch.autocast(device.type, enabled=amp):
-            out = forward(x)  # (B, M, C) or ((B, M, C), extras...)
-            loss = loss_fn(out, y)
-        metrics.update(loss.item(), out, y)
+        with precision.autocast():
+            out = forward(to_memory_format(x, layout))  # (B, M, C) or ((B, M, C), extras...)
+        out = _fp32(out)
+        metrics.update(loss_fn(out, y).item(), out, y)
     return metrics.summary("val")
 
 
@@ -255,7 +264,7 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         param_groups: Sequence[dict[str, Any]] | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         task: str = "classification", batch_size: int = 32, device: str | torch.device = "auto",
-        seed: int = 0, checkpoint_dir: str | Path | None = None,
+        precision: str = "auto", seed: int = 0, checkpoint_dir: str | Path | None = None,
         early_stopping: int | None = None, progress: bool = True,
         augment: Callable[[torch.Tensor, Targets], tuple[torch.Tensor, Targets]] | None = None,
         forward: str = "forward",
@@ -278,7 +287,10 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         loss_fn: ``loss_fn(outputs, targets)``; default :func:`member_cross_entropy`
             (classification) or :func:`member_rmse` (regression).
         task: ``"classification"`` (accuracy metrics) or ``"regression"`` (RMSE metrics).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; AMP is used on CUDA only.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :mod:`fernb.device`): the
+            forward pass's autocast; losses, metrics and updates stay in fp32. Convolutional
+            models train with channels-last tensors.
         seed: seeds shuffling, augmentation and dropout (not initial weights: build models
             under :func:`fernb.seeding.seeded`).
         checkpoint_dir: where ``last.pt`` is written after every epoch; if it exists the
@@ -313,7 +325,7 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
     run = getattr(model, forward)
     loss_fn = loss_fn or (member_cross_entropy if task == "classification" else member_rmse)
     device = resolve_device(device)
-    amp = device.type == "cuda"
+    mixed = resolve_precision(precision, device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
@@ -326,12 +338,13 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
     else:
         opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     scheduler = schedule(opt) if schedule is not None else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed.scaled)
     history = History()
     best_loss, best_state, stale, start = math.inf, None, 0, 0
 
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     setup = {"lr": lr, "optimizer": optimizer, "batch_size": batch_size, "seed": seed,
+             "precision": mixed.name,
              "n_train": len(train_data.dataset if isinstance(train_data, DataLoader)
                             else train_data),
              "lrs": [g["lr"] for g in opt.param_groups]}
@@ -351,59 +364,61 @@ def fit(model: nn.Module, train_data: Data, val_data: Data | None = None, *, epo
         best_loss, best_state, stale, start = (ckpt["best_loss"], ckpt["best_state"],
                                                ckpt["stale"], ckpt["epoch"])
 
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
-               desc="epoch")
-    for epoch in bar:
-        if early_stopping is not None and stale >= early_stopping:
-            break
-        t0 = time.perf_counter()
-        _set_train_mode(model)
-        metrics = _Metrics(task)
-        for step, (x, y) in enumerate(_batches(train_data, batch_size, device, True, generator)):
-            if augment is not None:
-                x, y = augment(x, y)
-            with torch.autocast(device.type, enabled=amp):
-                out = run(x)  # (B, M, C) or ((B, M, C), extras...)
+    with channels_last(model) as layout:
+        bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
+                   desc="epoch")
+        for epoch in bar:
+            if early_stopping is not None and stale >= early_stopping:
+                break
+            t0 = time.perf_counter()
+            _set_train_mode(model)
+            metrics = _Metrics(task)
+            for step, (x, y) in enumerate(_batches(train_data, batch_size, device, True, generator)):
+                if augment is not None:
+                    x, y = augment(x, y)
+                with mixed.autocast():
+                    out = run(to_memory_format(x, layout))  # (B, M, C) or ((B, M, C), ...)
+                out = _fp32(out)
                 if epoch == start and step == 0:
                     _check_targets(out, y, task)
                 loss = loss_fn(out, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1}; lower the "
-                    f"learning rate (lr={lr}) or check the inputs and targets for NaN/inf")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            metrics.update(loss.item(), out, y)
-        if scheduler is not None:
-            scheduler.step()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {step + 1}; lower the "
+                        f"learning rate (lr={lr}) or check the inputs and targets for NaN/inf")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                metrics.update(loss.item(), out, y)
+            if scheduler is not None:
+                scheduler.step()
 
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **metrics.summary("train")}
-        if val_data is not None:
-            row.update(_evaluate(model, run, val_data, loss_fn, task, batch_size, device,
-                                 generator, amp))
-        row["seconds"] = time.perf_counter() - t0
-        history.epochs.append(row)
-        if val_data is None:
-            history.best_epoch = epoch + 1
-        elif row["val_loss"] < best_loss:
-            best_loss, stale, history.best_epoch = row["val_loss"], 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_loss")})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, model)
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **metrics.summary("train")}
+            if val_data is not None:
+                row.update(_evaluate(model, run, val_data, loss_fn, task, batch_size, device,
+                                     generator, mixed, layout))
+            row["seconds"] = time.perf_counter() - t0
+            history.epochs.append(row)
+            if val_data is None:
+                history.best_epoch = epoch + 1
+            elif row["val_loss"] < best_loss:
+                best_loss, stale, history.best_epoch = row["val_loss"], 0, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_loss")})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model)
 
-        if ckpt_path is not None:
-            atomic_torch_save({
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "epoch": epoch + 1, "history": history.epochs, "best_epoch": history.best_epoch,
-                "best_loss": best_loss, "best_state": best_state, "stale": stale,
-                "rng": _rng_state(generator), "setup": setup}, ckpt_path)
+            if ckpt_path is not None:
+                atomic_torch_save({
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "epoch": epoch + 1, "history": history.epochs, "best_epoch": history.best_epoch,
+                    "best_loss": best_loss, "best_state": best_state, "stale": stale,
+                    "rng": _rng_state(generator), "setup": setup}, ckpt_path)
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

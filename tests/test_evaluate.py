@@ -32,8 +32,8 @@ def test_predict_shapes_mode_and_no_grad():
     torch.manual_seed(0)
     model = TwoMembers().train()
     x = _images()
-    out = V.predict(model, x, batch_size=3)
-    assert out.shape == (10, 2, 3)
+    out = V.predict(model, x, batch_size=3, precision="fp32")
+    assert out.shape == (10, 2, 3) and out.dtype == torch.float32
     assert not out.requires_grad
     assert model.training  # restored
     model.eval()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from fernb.data.datasets import FaceDataset
+from fernb.evaluate import predict
 from fernb.models import ESR, single_network
 from fernb.losses import member_cross_entropy, member_rmse
 from fernb.train import (balanced_subset, finetune_affect, fit, freeze, quadrants, resolve_device,
@@ -82,13 +83,13 @@ def test_fit_learns_and_records_history():
     assert history.best_epoch == int(frame.val_loss.idxmin())
 
 
-def test_best_validation_weights_are_restored():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_best_validation_weights_are_restored(precision):
     model, data = small_esr(), toy()
-    history = fit(model, data, data, epochs=3, lr=0.05, **FAST)
-    model.eval()
+    history = fit(model, data, data, epochs=3, lr=0.05, precision=precision, **FAST)
     x, y = data.tensors
-    with torch.no_grad():
-        loss = member_cross_entropy(model(x), y).item()
+    logits = predict(model, x, device="cpu", precision=precision, batch_size=16)
+    loss = member_cross_entropy(logits, y).item()
     assert loss == pytest.approx(history.to_frame().val_loss.min(), rel=1e-5)
 
 
@@ -108,7 +109,7 @@ def test_param_group_learning_rates_are_applied():
     member_cross_entropy(reference(x), y).backward()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     groups = [{"params": model.base, "lr": 0.001}, {"params": model.branches, "lr": 0.1}]
-    fit(model, data, epochs=1, lr=0.5, momentum=0.0, param_groups=groups,
+    fit(model, data, epochs=1, lr=0.5, momentum=0.0, param_groups=groups, precision="fp32",
         **{**FAST, "batch_size": 16})
     for (name, p), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
         lr = 0.001 if name.startswith("base.") else 0.1
