@@ -84,6 +84,26 @@ def test_borders_take_the_mirrored_pixels():
                                torch.tensor([2.0, 3.0, 4.0, 5.0, 5.0, 4.0]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("border", ["left", "right", "top", "bottom"])
+def test_maps_warp_with_zeros_outside_so_no_peak_is_mirrored(border):
+    # A landmark 3 px inside a border; the warp moves content 5 px away from that border, so
+    # the output's first 5 px sample outside the map. Mirroring would put a copy of the peak
+    # at 1 px from the border; zeros keep only the moved peak, at 8 px.
+    near, far, shift = (3.0, 24.0, -5) if border in ("left", "top") else (44.0, 24.0, 5)
+    x, y = (near, far) if border in ("left", "right") else (far, near)
+    maps = blob(48, x, y)[None, None]
+    aug = PairedAugmentation(targets=("map",), warp=WarpSets(
+        angles=(0.0,), skews=(0.0,), scales=(1.0,), translations=(shift,)))
+    _, out = aug(torch.zeros(1, 1, 48, 48), maps)
+    out = out[0, 0] if border in ("left", "right") else out[0, 0].T
+    edge, moved = (1, 8) if border in ("left", "top") else (46, 39)
+    assert float(out[:, moved].max()) > 0.9
+    assert float(out[:, edge].max()) < 0.01
+    image, _ = aug(maps.clone(), maps)  # images keep their mirrored border
+    image = image[0, 0] if border in ("left", "right") else image[0, 0].T
+    assert float(image[:, edge].max()) > 0.5
+
+
 @pytest.mark.parametrize("p", [dict(theta=math.pi / 18, k1=0.1, k2=-0.1, s=1.1, t1=3, t2=5),
                                dict(theta=-math.pi / 36, k1=-0.1, s=0.9, t1=0, t2=4)])
 def test_a_bright_spot_at_a_landmark_lands_on_the_warped_landmark(p):
@@ -106,7 +126,10 @@ def test_maps_move_like_the_image_and_match_maps_of_moved_landmarks():
         _, (_, warped_map, warped_points) = aug(maps.clone(), (torch.zeros(1), maps, points))
         torch.set_rng_state(state)
         warped_image, _ = aug(maps.clone(), (torch.zeros(1), maps, points))
-        torch.testing.assert_close(warped_map, warped_image)  # same matrix for both
+        # Same matrix for both; they differ only where the warp samples outside (the image
+        # is padded by reflection, the map by zeros), which the face's points never reach.
+        inner = (..., slice(8, -8), slice(8, -8))
+        torch.testing.assert_close(warped_map[inner], warped_image[inner])
         redrawn = heatmap(warped_points[0].numpy(), 48, sigma=2.0)
         # A rendered map of the moved landmarks agrees with the moved map up to the scale
         # and skew distortion of the Gaussians.
