@@ -4,14 +4,14 @@ VENV ?= .venv
 PROFILE ?= cpu
 BIN := $(VENV)/bin
 
-.PHONY: setup test book book-student bench clean
+.PHONY: setup test book book-student bench lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[book,dev]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[book,dev]'
 	touch $@
 
 test: setup
@@ -24,8 +24,15 @@ book-student: setup
 	$(BIN)/fernb student-book
 
 bench: setup
+	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_synthetic.py
 	$(BIN)/python benchmarks/bench_esr.py
+
+# The exact versions of the current environment, for `make setup`, CI and environment.yml.
+lock: setup
+	{ sed -n '1,/^# ranges/p' constraints.txt; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf _build book/_generated results .pytest_cache
