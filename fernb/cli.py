@@ -5,10 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from fernb import runner
+from fernb.errors import NotebookError, ParameterError, ResultsBusy, RunInterrupted
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from fernb import runner
     overrides = dict(args.param or [])
     result = runner.run_notebook(args.notebook, profile=args.profile, overrides=overrides,
                                  output_dir=args.output_dir, timeout=args.timeout)
@@ -20,11 +21,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    from fernb import runner
     print(runner.parameters_table(args.notebook))
     return 0
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
+    from fernb import runner
     only = [n.strip() for n in args.only.split(",")] if args.only else None
     runner.run_book(profile=args.profile, only=only, build=not args.no_build,
                     timeout=args.timeout)
@@ -32,6 +35,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_student_book(args: argparse.Namespace) -> int:
+    from fernb import runner
     html = runner.build_student_book()
     print(f"student book (no solutions): {html / 'index.html'}")
     return 0
@@ -113,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (runner.RunInterrupted, KeyboardInterrupt):
+    except (RunInterrupted, KeyboardInterrupt):
         print("fernb: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (runner.ParameterError, runner.ResultsBusy, FileNotFoundError, KeyError,
+    except (ParameterError, ResultsBusy, FileNotFoundError, KeyError,
             ValueError) as err:
         print(f"fernb: error: {err}", file=sys.stderr)
         return 2
-    except (runner.NotebookError, RuntimeError) as err:
+    except (NotebookError, RuntimeError) as err:
         print(f"fernb: {err}", file=sys.stderr)
         return 1
 

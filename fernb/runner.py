@@ -36,7 +36,7 @@ import yaml
 
 import fernb
 from fernb.io import atomic_write_json, atomic_write_text, read_json
-from fernb.params import ParameterError
+from fernb.errors import NotebookError, ParameterError, ResultsBusy, RunInterrupted
 
 PROFILES = ("smoke", "cpu", "paper")
 RESERVED = ("results_dir",)
@@ -48,18 +48,6 @@ PROVENANCE_TAG = "provenance"
 
 __all__ = ["NotebookError", "ParameterError", "ResultsBusy", "RunInterrupted", "run_book",
            "run_notebook"]
-
-
-class NotebookError(RuntimeError):
-    """A notebook cell raised; the message shows the cell and its error."""
-
-
-class RunInterrupted(RuntimeError):
-    """The run was stopped with Ctrl-C; what it finished is stored and a rerun resumes."""
-
-
-class ResultsBusy(RuntimeError):
-    """Another run holds the results folder (or the book)."""
 
 
 def project_root() -> Path:
@@ -435,8 +423,9 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], resu
     scratch = results_dir / f".{stem}.running.ipynb"
     failed = results_dir / "failed.ipynb"
     env_backup = os.environ.pop("MPLBACKEND", None)  # Agg would make glued figures vanish
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
-                                          os.environ.get("PATH", "")])
+    path_backup = os.environ.get("PATH", "")
+    # The kernel is this environment's python3, whatever the caller's PATH says.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_backup])
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -458,6 +447,7 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], resu
         _keep(scratch, failed)
         raise NotebookError(f"notebook {stem} failed: {type(err).__name__}: {err}") from err
     finally:
+        os.environ["PATH"] = path_backup
         if env_backup is not None:
             os.environ["MPLBACKEND"] = env_backup
     seconds = time.perf_counter() - start

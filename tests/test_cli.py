@@ -42,3 +42,19 @@ def test_data_list_names_every_reader(capsys) -> None:
     names = capsys.readouterr().out.split()
     assert {"synth-lab", "synth-wild", "ckplus", "jaffe", "sfew", "fer2013", "ferplus",
             "rafdb", "affectnet"} <= set(names)
+
+
+NOTEBOOK_STACK = ("papermill", "nbformat", "nbclient", "jsonschema")
+
+
+def test_data_commands_do_not_import_the_notebook_stack(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    script = ("import sys\nfrom fernb import cli\n"
+              f"assert cli.main(['data', 'synth', '--size', '48', '--n-subjects', '2', "
+              f"'--out', {str(tmp_path / 'out')!r}]) == 0\n"
+              "assert cli.main(['data', 'list']) == 0\n"
+              f"print(sorted(m for m in {NOTEBOOK_STACK!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
