@@ -349,3 +349,15 @@ def test_bad_knob_values_are_rejected(knobs, error, match) -> None:
         with pytest.raises(error, match=match):
             generate(preset, n_subjects=2, size=48, **knobs)
 
+
+# ----------------------------------------------------------------------------- loaders
+
+def test_loaders_pass_the_knobs(tmp_path) -> None:
+    ds = datasets.load_dataset("synth-wild", root=tmp_path, n_subjects=2, size=48,
+                               per_subject=3, distractor=1.0, motion=0.5)
+    np.testing.assert_array_equal(ds.meta["cue"], ds.labels)
+    chapter = datasets.chapter_dataset("synth-lab", size=48, n_subjects=2, cache_dir=tmp_path,
+                                       label_from_mixture=True, blend_pairs="facs")
+    assert "clean_label" in chapter.meta
+    with pytest.raises(ValueError, match="apply to the synthetic presets"):
+        datasets.chapter_dataset("ckplus", str(tmp_path), size=48, distractor=0.5)
