@@ -135,6 +135,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fernb.data.datasets import FaceDataset, register_dataset
 from fernb.io import atomic_savez
@@ -1168,7 +1169,7 @@ def cue_region(shape: tuple[int, int], corner: int = 0) -> tuple[slice, slice]:
     return rows, cols
 
 
-def _per_image(name: str, value: Any, n: int, lo: int, hi: int) -> np.ndarray:
+def _per_image(name: str, value: ArrayLike, n: int, lo: int, hi: int) -> np.ndarray:
     """``value`` (an int or n ints in [lo, hi]) as an (n,) int64 array, or a clear error."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu" or arr.ndim > 1:
@@ -1183,7 +1184,7 @@ def _per_image(name: str, value: Any, n: int, lo: int, hi: int) -> np.ndarray:
     return arr
 
 
-def paint_cues(images: np.ndarray, cues: Any, corners: Any = 0) -> np.ndarray:
+def paint_cues(images: np.ndarray, cues: ArrayLike, corners: ArrayLike = 0) -> np.ndarray:
     """A copy of ``images`` (N, H, W[, 3]) uint8 with each image's cue patch painted.
 
     ``cues`` (an int or N ints) is the class each patch shows, 0 to
@@ -1228,13 +1229,13 @@ def cue_corners(dataset: FaceDataset) -> np.ndarray:
     return np.argmin(covered, 1).astype(np.int8)
 
 
-def with_cues(dataset: FaceDataset, cues: Any) -> FaceDataset:
+def with_cues(dataset: FaceDataset, cues: ArrayLike) -> FaceDataset:
     """A copy of ``dataset`` whose images show cue classes ``cues`` (see :func:`paint_cues`;
     -1 a blank patch), recorded in ``meta["cue"]``; the corners are ``meta["cue_corner"]``
     when present, else :func:`cue_corners`. Masks and landmarks are unchanged."""
     cues = _per_image("cues", cues, len(dataset), -1, MAX_CUE_CLASSES - 1)
     if cues.size and cues.max() >= dataset.n_classes:
-        raise ValueError(f"cues must be -1 or a class of {dataset.name} (0..."
+        raise ValueError(f"cues must be -1 or a class of {dataset.name} (0.."
                          f"{dataset.n_classes - 1}), got {cues.max()}")
     corners = dataset.meta.get("cue_corner")
     if corners is None:
@@ -1250,7 +1251,7 @@ def _rng(seed: int | np.random.Generator) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _classes(labels: Any, n_classes: Any) -> np.ndarray:
+def _classes(labels: ArrayLike, n_classes: int) -> np.ndarray:
     if (isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer))
             or not 2 <= n_classes <= MAX_CUE_CLASSES):
         raise ValueError(f"n_classes must be an int in 2..{MAX_CUE_CLASSES} (one cue pattern "
@@ -1259,7 +1260,7 @@ def _classes(labels: Any, n_classes: Any) -> np.ndarray:
     return _per_image("labels", labels, labels.size, 0, int(n_classes) - 1)
 
 
-def sample_cues(labels: Any, strength: float, n_classes: int,
+def sample_cues(labels: ArrayLike, strength: float, n_classes: int,
                 seed: int | np.random.Generator = 0) -> np.ndarray:
     """(N,) int8 cue classes: each image's label with probability ``strength``, else a class
     drawn uniformly from all ``n_classes`` (so 0 makes cues independent of the labels and 1
@@ -1271,7 +1272,7 @@ def sample_cues(labels: Any, strength: float, n_classes: int,
     return np.where(keep, labels, rng.integers(0, n_classes, len(labels))).astype(np.int8)
 
 
-def misleading_cues(labels: Any, n_classes: int,
+def misleading_cues(labels: ArrayLike, n_classes: int,
                     seed: int | np.random.Generator = 0) -> np.ndarray:
     """(N,) int8 cue classes each different from its label, drawn uniformly from the other
     ``n_classes - 1`` classes: a network that reads the cue gets every image wrong."""
