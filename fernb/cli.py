@@ -41,10 +41,14 @@ def _cmd_student_book(args: argparse.Namespace) -> int:
     return 0
 
 
+_SYNTH_KNOBS = ("distractor", "blend_pairs", "label_from_mixture", "motion")
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from fernb.data import synthetic
+    knobs = {k: getattr(args, k) for k in _SYNTH_KNOBS if getattr(args, k) is not None}
     ds = synthetic.generate(args.preset, n_subjects=args.n_subjects, size=args.size,
-                            seed=args.seed)
+                            seed=args.seed, **knobs)
     out = synthetic.export(ds, args.out)
     print(f"wrote {len(ds)} faces ({ds.n_classes} classes, {args.n_subjects} subjects) to {out}")
     return 0
@@ -103,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-subjects", type=int, default=40)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--distractor", type=float, metavar="STRENGTH",
+                       help="paint a class cue in an image corner that shows the label with "
+                       "this probability (0-1), else a random class (labels.csv: cue, "
+                       "cue_corner); default: no cue")
+    synth.add_argument("--blend-pairs", choices=["uniform", "facs"],
+                       help="second emotion of a blend: any other emotion (uniform, the "
+                       "default) or one sharing action units with the first (facs)")
+    synth.add_argument("--label-from-mixture", action="store_const", const=True,
+                       help="draw each label from the face's emotion mixture (probability by "
+                       "weight) instead of the preset's uniform label noise")
+    synth.add_argument("--motion", type=float, metavar="SCALE",
+                       help="scale of the action units' landmark motion, 0-1 (0: texture "
+                       "cues only; default 1)")
     synth.set_defaults(func=_cmd_data_synth)
     check = dsub.add_parser("check", help="validate a dataset's layout and decode every image")
     check.add_argument("name", help="ckplus, jaffe, sfew, fer2013, ferplus, rafdb, affectnet "

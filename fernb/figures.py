@@ -58,8 +58,10 @@ def confusion_matrix(cm: np.ndarray | pd.DataFrame, classes: Sequence[str],
 
 
 def image_grid(images: Sequence[Any] | np.ndarray | torch.Tensor,
-               titles: Sequence[str] | None = None, ncols: int = 8) -> Figure:
-    """Images in a grid (uint8 in [0, 255] or floats in [0, 1]), optional titles."""
+               titles: Sequence[str] | None = None, ncols: int = 8,
+               row_labels: Sequence[str] | None = None) -> Figure:
+    """Images in a grid (uint8 in [0, 255] or floats in [0, 1]), optional titles and a label
+    left of each row."""
     n = len(images)
     if n == 0 or ncols < 1:
         raise ValueError(f"need at least one image and ncols >= 1, got {n} images, ncols={ncols}")
@@ -67,6 +69,8 @@ def image_grid(images: Sequence[Any] | np.ndarray | torch.Tensor,
         raise ValueError(f"{len(titles)} titles for {n} images")
     cols = min(ncols, n)
     rows = -(-n // cols)
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < n:
@@ -75,6 +79,9 @@ def image_grid(images: Sequence[Any] | np.ndarray | torch.Tensor,
                 ax.set_title(titles[i], fontsize=9)
         else:
             ax.set_axis_off()
+    for ax, label in zip(axes[:, 0], row_labels or ()):
+        ax.text(-0.08, 0.5, label, transform=ax.transAxes, ha="right", va="center",
+                fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 

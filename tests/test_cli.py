@@ -29,6 +29,19 @@ def test_data_synth_output_is_checked_and_read_as_the_folder_dataset(tmp_path: P
     assert len(load_dataset("folder", root=str(out), size=48)) == 80
 
 
+def test_data_synth_passes_the_mechanism_knobs(tmp_path: Path, capsys) -> None:
+    from fernb.labels import EMOTIONS_7
+    out = tmp_path / "cued"
+    args = ["data", "synth", "--preset", "synth-wild", "--size", "48", "--n-subjects", "2"]
+    assert cli.main(args + ["--distractor", "1", "--blend-pairs", "facs",
+                            "--label-from-mixture", "--motion", "0.5", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "labels.csv").open()))
+    assert len(rows) == 80 and {"cue", "cue_corner", "clean_label"} <= set(rows[0])
+    assert all(EMOTIONS_7[int(r["cue"])] == r["label"] for r in rows)
+    assert cli.main(args + ["--distractor", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "knob 'distractor' must be a cue strength in [0, 1]" in capsys.readouterr().err
+
+
 def test_data_check_exit_codes(tmp_path: Path, capsys) -> None:
     from fixtures import write_jaffe
     root = write_jaffe(tmp_path / "jaffe")

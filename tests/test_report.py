@@ -238,6 +238,10 @@ def test_figures_return_figures():
     assert isinstance(figures.image_grid(imgs, titles=list("abcde"), ncols=3),
                       matplotlib.figure.Figure)
     assert isinstance(figures.image_grid(torch.rand(2, 3, 12, 12)), matplotlib.figure.Figure)
+    labelled = figures.image_grid(imgs, ncols=3, row_labels=["first", "second"])
+    assert [t.get_text() for ax in labelled.axes for t in ax.texts] == ["first", "second"]
+    with pytest.raises(ValueError, match="1 row labels for 2 rows"):
+        figures.image_grid(imgs, ncols=3, row_labels=["only"])
     points = np.random.default_rng(1).uniform(0, 12, (68, 2))
     fig = figures.landmarks_overlay(imgs[0], points)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [

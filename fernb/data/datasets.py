@@ -186,17 +186,22 @@ SYNTHETIC = ("synth-lab", "synth-wild")
 
 
 def chapter_dataset(name: str, data_root: str = "", *, size: int, n_subjects: int = 40,
-                    seed: int = 0, cache_dir: str | None = None) -> FaceDataset:
+                    seed: int = 0, cache_dir: str | None = None, **knobs: Any) -> FaceDataset:
     """The dataset a chapter's ``dataset``/``data_root`` parameters ask for.
 
-    Synthetic presets take ``n_subjects`` and ``seed``; a real dataset needs ``data_root`` and
-    is checked (layout, unreadable files, labels) before anything else runs. Generated and
-    preprocessed sets are cached in ``cache_dir`` (default ``$FERNB_CACHE`` or
-    ``~/.cache/fernb``).
+    Synthetic presets take ``n_subjects``, ``seed`` and the generator's knobs (e.g.
+    ``distractor=0.9``, ``blend_pairs="facs"``; :data:`fernb.data.synthetic.KNOBS`); a real
+    dataset needs ``data_root`` and is checked (layout, unreadable files, labels) before
+    anything else runs. Generated and preprocessed sets are cached in ``cache_dir`` (default
+    ``$FERNB_CACHE`` or ``~/.cache/fernb``).
     """
     cache_dir = cache_dir or os.environ.get("FERNB_CACHE", str(Path.home() / ".cache" / "fernb"))
     if name in SYNTHETIC:
-        return load_dataset(name, root=cache_dir, n_subjects=n_subjects, size=size, seed=seed)
+        return load_dataset(name, root=cache_dir, n_subjects=n_subjects, size=size, seed=seed,
+                            **knobs)
+    if knobs:
+        raise ValueError(f"generator knobs {sorted(knobs)} apply to the synthetic presets "
+                         f"{SYNTHETIC} only, not to dataset {name!r}; leave them out")
     if not data_root:
         raise ValueError(f"dataset {name!r} needs its folder: pass -p data_root /path/to/it "
                          f"(or use one of the synthetic presets {SYNTHETIC})")

@@ -28,29 +28,45 @@ Presets (``generate(preset, ...)`` or ``load_dataset(preset, root=cache_dir, ...
 
 Difficulty knobs (keyword arguments of :func:`generate`; defaults lab / wild):
 
-==================  ===============  ===============  ==============================================
-knob                synth-lab        synth-wild       meaning
-==================  ===============  ===============  ==============================================
-``frames``          ``"protocol"``   (lab only)       ``"protocol"`` (4 frames/sequence), ``"all"``
-``n_frames``        10               (lab only)       frames per sequence (>= 4)
-``per_subject``     (wild only)      40               images per subject
-``intensity``       (0.6, 1.0)       (0.4, 1.0)       range of the random peak AU intensity
-``au_jitter``       0.2              0.3              s.d. of the log-normal per-AU factor
-``blend_prob``      0.1              0.3              probability of blending a second emotion
-``blend_strength``  0.4              0.45             largest mixture weight of that emotion (< 0.5)
-``identity``        0.8              1.0              scale of between-subject shape variation
-``resting_bias``    0.15             0.25             largest resting-face AU offset per subject
-``pose``            0.1              1.0              in-plane rotation/scale/shift (1 = 10 deg,
-                                                      8 % scale, 5 % shift s.d.)
-``yaw``             0.0              20.0             largest head yaw in degrees
-``illumination``    0.15             0.5              strength of the linear illumination gradient
-``blur``            0.0              0.7              largest extra Gaussian blur (x 1.5 size/96 px)
-``noise``           0.015            0.04             pixel-noise s.d. as a fraction of 255
-``occlusion``       0.0              0.2              probability of an occluder
-``clutter``         0.0              1.0              background clutter (0 = plain)
-``label_noise``     0.0              0.05             probability of a wrong label
-``imbalance``       0.0              0.6              exponent on CK+ / RAF-DB class frequencies
-==================  ===============  ===============  ==============================================
+======================  ===============  ===============  ==========================================
+knob                    synth-lab        synth-wild       meaning
+======================  ===============  ===============  ==========================================
+``frames``              ``"protocol"``   (lab only)       ``"protocol"`` (4 frames/sequence) or
+                                                          ``"all"`` (every frame)
+``n_frames``            10               (lab only)       frames per sequence (>= 4)
+``per_subject``         (wild only)      40               images per subject
+``intensity``           (0.6, 1.0)       (0.4, 1.0)       range of the random peak AU intensity
+``au_jitter``           0.2              0.3              s.d. of the log-normal per-AU factor
+``blend_prob``          0.1              0.3              probability of blending a second emotion
+``blend_strength``      0.4              0.45             largest mixture weight of that emotion
+                                                          (< 0.5)
+``identity``            0.8              1.0              scale of between-subject shape variation
+``resting_bias``        0.15             0.25             largest resting-face AU offset per subject
+``pose``                0.1              1.0              in-plane rotation/scale/shift (1 = 10 deg,
+                                                          8 % scale, 5 % shift s.d.)
+``yaw``                 0.0              20.0             largest head yaw in degrees
+``illumination``        0.15             0.5              strength of the linear illumination
+                                                          gradient
+``blur``                0.0              0.7              largest extra Gaussian blur
+                                                          (x 1.5 size/96 px)
+``noise``               0.015            0.04             pixel-noise s.d. as a fraction of 255
+``occlusion``           0.0              0.2              probability of an occluder
+``clutter``             0.0              1.0              background clutter (0 = plain)
+``label_noise``         0.0              0.05             probability of a wrong label
+``imbalance``           0.0              0.6              exponent on CK+ / RAF-DB class frequencies
+``distractor``          None             None             strength of a class cue in an image
+                                                          corner: the cue shows the label with this
+                                                          probability, else a uniform class (None:
+                                                          no cue; see below)
+``blend_pairs``         ``"uniform"``    ``"uniform"``    second emotion of a blend: any other but
+                                                          neutral, or ``"facs"``: a partner in
+                                                          :data:`BLEND_PAIRS` (shared AUs)
+``label_from_mixture``  False            False            label drawn from the face's mixture, with
+                                                          probability by weight, instead of
+                                                          ``label_noise``'s flips (see below)
+``motion``              1.0              1.0              scale of the AUs' landmark motion
+                                                          (0: texture cues only, landmarks at rest)
+======================  ===============  ===============  ==========================================
 
 The defaults are calibrated so that a small CNN (six 3x3 convolutions, 16-32-64 channels)
 trained from scratch for 20 epochs on a subject-independent StratifiedGroupKFold split of
@@ -65,7 +81,43 @@ brows/forehead, eyes and mouth (:data:`NEUTRAL_REGIONS`). Occluders do not cut m
 Per-image ``meta``: ``intensity`` (expression intensity of the frame), ``au_side`` (side of a
 unilateral AU: -1 subject's right, 1 left, 0 none), ``yaw`` and ``roll`` in degrees; lab
 adds ``sequence``, ``frame`` and ``n_frames``; wild adds ``occluder`` (0 none, 1 glasses,
-2 sunglasses, 3 hand) and ``clean_label``.
+2 sunglasses, 3 hand) and ``clean_label``; ``label_from_mixture`` adds ``clean_label`` on lab
+too, and ``distractor`` adds ``cue`` and ``cue_corner``.
+
+Mechanism knobs give a chapter's mechanism something to work on. They are off by default
+(the images are then those of the generator without them), and each changes only what it
+names: the faces, poses and noise of a set stay the same when one is turned on.
+
+* ``distractor`` adds a *cue* outside the face that a network can learn instead of the
+  expression: a patch of 2 x 2 cells, each max(3, round(size / 16)) pixels, painted over the
+  finished image in a corner. Classes 0-3 light one cell on black (cells in reading order),
+  classes 4-7 darken one cell on white, and -1 (no class) is a plain grey patch. The patch
+  sits in the top-left corner unless the image's evidence mask or the convex hull of its
+  landmarks reaches into it, then in the first free corner of :data:`CUE_CORNERS`, so it
+  stays off the face (only a face that reaches into all four corners, under extreme poses,
+  gets the least covered one); masks and landmarks ignore it. With strength s the cue shows
+  the image's (annotated) label with probability s, else a class drawn uniformly from all
+  classes; ``meta["cue"]`` is the class shown, ``meta["cue_corner"]`` the corner.
+  :func:`with_cues` repaints a dataset's cues, e.g. independent ones on test subjects
+  (:func:`sample_cues` with strength 0) or misleading ones (:func:`misleading_cues`) to
+  measure how much a network relies on the cue; :func:`paint_cues` paints raw images.
+  Painting overwrites the whole patch, so repainting replaces a cue.
+* ``blend_pairs="facs"`` draws a blend's second emotion uniformly from the primary emotion's
+  partners in :data:`BLEND_PAIRS` (pairs whose prototypes share action units, and
+  sadness-neutral) instead of from every other emotion, so that classes are confusable in a
+  structured way. Neutral is never the second emotion (it has no AU): a neutral face blends
+  with a trace of sadness. :func:`blend_partners` lists each class's partners.
+* ``label_from_mixture=True`` makes the annotator name one of the emotions the face shows,
+  with probability equal to its mixture weight (each image independently): an unblended face
+  keeps its label, a blended one takes its second emotion with probability equal to that
+  emotion's weight. It replaces ``label_noise``'s uniform flips: with it set ``label_noise``
+  is 0, and passing both is an error. ``meta["clean_label"]`` keeps the primary emotion and
+  ``dataset.mixtures`` the true mixture.
+* ``motion`` scales every AU's landmark displacement (resting-face offsets included) while
+  texture cues keep their contrast: at 0 the landmarks stay at rest and an expression shows
+  only as forehead, glabella and chin lines, crow's feet, nose wrinkles, folds and the
+  dimple. The dark mouth interior needs parted lips, so it fades with the motion. Evidence
+  masks still mark the regions of the active AUs.
 
 Images are uint8 grayscale; landmarks are pixel (x, y) after every geometric transform, with
 integer coordinates at pixel centres. Generated sets are cached as ``.npz`` keyed by a hash of
@@ -73,6 +125,7 @@ every parameter, so a second call with the same arguments is a load.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -82,6 +135,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fernb.data.datasets import FaceDataset, register_dataset
 from fernb.io import atomic_savez
@@ -89,8 +143,10 @@ from fernb.labels import EMOTIONS_7, EMOTIONS_8, valence_arousal
 from fernb.landmarks import FLIP_PERMUTATION
 
 __all__ = [
-    "AU_NAMES", "AU_REGIONS", "KNOBS", "MASK_THRESHOLD", "NEUTRAL_REGIONS", "PRESETS",
-    "PROTOTYPES", "UNILATERAL", "export", "generate",
+    "AU_NAMES", "AU_REGIONS", "BLEND_MODES", "BLEND_PAIRS", "CUE_CORNERS", "KNOBS",
+    "MASK_THRESHOLD", "MAX_CUE_CLASSES", "NEUTRAL_REGIONS", "PRESETS", "PROTOTYPES",
+    "UNILATERAL", "blend_partners", "cue_corners", "cue_region", "export", "generate",
+    "misleading_cues", "paint_cues", "sample_cues", "with_cues",
 ]
 
 GENERATOR_VERSION = 1
@@ -128,6 +184,27 @@ AU_REGIONS: dict[str, tuple[str, ...]] = {
 NEUTRAL_REGIONS: tuple[str, ...] = ("brows", "eyes", "mouth")
 _REGION_NAMES = ("brows", "eyes", "nose", "mouth", "chin")
 
+# Emotion pairs that structured blends (``blend_pairs="facs"``) mix: prototypes that share
+# action units (tests check each pair against PROTOTYPES), and sadness-neutral, which differ
+# by subtle brow and mouth-corner movement (neutral has no AU, so it is never the second
+# emotion: a neutral face blends with a trace of sadness).
+BLEND_PAIRS: tuple[tuple[str, str], ...] = (
+    ("fear", "surprise"),        # AU1 + AU2 + AU5 + AU25 + AU26
+    ("anger", "disgust"),        # AU4 (brow lowering)
+    ("anger", "sadness"),        # AU4, AU17
+    ("anger", "fear"),           # AU4, AU5, AU7
+    ("fear", "sadness"),         # AU1, AU4
+    ("disgust", "sadness"),      # AU4, AU15
+    ("contempt", "happiness"),   # AU12
+    ("happiness", "surprise"),   # AU25
+    ("neutral", "sadness"),      # no shared AU: a neutral face with a trace of sadness
+)
+BLEND_MODES = ("uniform", "facs")
+
+# Distractor cue: a 2 x 2 patch of cells in an image corner (see paint_cues).
+CUE_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+MAX_CUE_CLASSES = 8
+
 # Class frequencies the ``imbalance`` knob raises to a power: CK+'s 327 labelled sequences
 # and RAF-DB's basic-emotion set (15,339 images), in fernb's canonical class order.
 _CKPLUS_SEQUENCES = {"happiness": 69, "sadness": 28, "surprise": 83, "fear": 25,
@@ -138,15 +215,20 @@ _RAFDB_COUNTS = {"neutral": 3204, "happiness": 5957, "sadness": 2460, "surprise"
 _COMMON = {"intensity", "au_jitter", "blend_prob", "blend_strength", "identity",
            "resting_bias", "pose", "yaw", "illumination", "blur", "noise", "occlusion",
            "clutter", "label_noise", "imbalance"}
+# Mechanism knobs, off by default in both presets. They enter the cache key only when set, so
+# sets cached before they existed (the same bytes) stay valid.
+_MECHANISM_OFF: dict[str, Any] = dict(distractor=None, blend_pairs="uniform",
+                                      label_from_mixture=False, motion=1.0)
 KNOBS: dict[str, dict[str, Any]] = {
     "synth-lab": dict(frames="protocol", n_frames=10, intensity=(0.6, 1.0), au_jitter=0.2,
                       blend_prob=0.1, blend_strength=0.4, identity=0.8, resting_bias=0.15,
                       pose=0.1, yaw=0.0, illumination=0.15, blur=0.0, noise=0.015,
-                      occlusion=0.0, clutter=0.0, label_noise=0.0, imbalance=0.0),
+                      occlusion=0.0, clutter=0.0, label_noise=0.0, imbalance=0.0,
+                      **_MECHANISM_OFF),
     "synth-wild": dict(per_subject=40, intensity=(0.4, 1.0), au_jitter=0.3, blend_prob=0.3,
                        blend_strength=0.45, identity=1.0, resting_bias=0.25, pose=1.0,
                        yaw=20.0, illumination=0.5, blur=0.7, noise=0.04, occlusion=0.2,
-                       clutter=1.0, label_noise=0.05, imbalance=0.6),
+                       clutter=1.0, label_noise=0.05, imbalance=0.6, **_MECHANISM_OFF),
 }
 
 _SUB = 4                      # cv2 fixed-point fractional bits
@@ -364,6 +446,24 @@ def _validate(preset: Any, n_subjects: Any, size: Any, seed: Any,
                          f"label, got {cfg['blend_strength']}")
     if cfg["yaw"] > 45:
         raise ValueError(f"yaw must be at most 45 degrees, got {cfg['yaw']}")
+    if cfg["distractor"] is not None:
+        cfg["distractor"] = _unit("knob 'distractor'", cfg["distractor"],
+                                  "a cue strength in [0, 1], or None for no cue")
+    if cfg["blend_pairs"] not in BLEND_MODES:
+        raise ValueError(f"knob 'blend_pairs' must be one of {list(BLEND_MODES)}, got "
+                         f"{cfg['blend_pairs']!r}")
+    if not isinstance(cfg["label_from_mixture"], (bool, np.bool_)):
+        raise TypeError(f"knob 'label_from_mixture' must be True or False, got "
+                        f"{cfg['label_from_mixture']!r}")
+    cfg["label_from_mixture"] = bool(cfg["label_from_mixture"])
+    if cfg["label_from_mixture"]:
+        if knobs.get("label_noise", 0) > 0:
+            raise ValueError(f"label_from_mixture=True draws each label from the face's "
+                             f"mixture instead of label_noise's uniform flips; leave "
+                             f"label_noise out (or 0), got label_noise={knobs['label_noise']}")
+        cfg["label_noise"] = 0.0
+    cfg["motion"] = _unit("knob 'motion'", cfg["motion"],
+                          "a scale in [0, 1] of the AUs' landmark motion (0: texture only)")
     lo_hi = cfg["intensity"]
     if (not isinstance(lo_hi, (tuple, list)) or len(lo_hi) != 2
             or not 0 < float(lo_hi[0]) <= float(lo_hi[1]) <= 1):
@@ -381,6 +481,15 @@ def _validate(preset: Any, n_subjects: Any, size: Any, seed: Any,
             raise ValueError(f"per_subject must be an int >= 1, got {cfg['per_subject']!r}")
         cfg["per_subject"] = int(cfg["per_subject"])
     return cfg
+
+
+def _unit(name: str, value: Any, meaning: str) -> float:
+    """``value`` as a float in [0, 1], or an error naming ``name`` and its ``meaning``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be {meaning}, got {value!r}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be {meaning}, got {value}")
+    return float(value)
 
 
 def _sample_identities(rng: np.random.Generator, n: int, v: float,
@@ -430,18 +539,41 @@ def _prototype_matrix(classes: tuple[str, ...]) -> np.ndarray:
     return m
 
 
+def blend_partners(classes: tuple[str, ...], blend_pairs: str = "facs"
+                   ) -> dict[str, tuple[str, ...]]:
+    """The second emotions a face of each class may blend with, in class order.
+
+    ``"uniform"``: every other class but neutral. ``"facs"``: the class's partners in
+    :data:`BLEND_PAIRS`. Neutral is never a second emotion (it adds no action unit).
+    """
+    if blend_pairs not in BLEND_MODES:
+        raise ValueError(f"blend_pairs must be one of {list(BLEND_MODES)}, got {blend_pairs!r}")
+    unknown = sorted(set(classes) - set(PROTOTYPES))
+    if unknown:
+        raise ValueError(f"classes {unknown} have no AU prototype; expected names from "
+                         f"{list(PROTOTYPES)}")
+    linked = {frozenset(pair) for pair in BLEND_PAIRS}
+    return {e: tuple(b for b in classes if b not in (e, "neutral")
+                     and (blend_pairs == "uniform" or frozenset((e, b)) in linked))
+            for e in classes}
+
+
 def _expressions(rng: np.random.Generator, labels: np.ndarray, classes: tuple[str, ...],
                  cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     """Peak AU intensities per side, mixtures and intensities for the given primary labels."""
     n, c = len(labels), len(classes)
     protos = _prototype_matrix(classes)
+    partners = np.zeros((c, c), np.int64)
+    count = np.zeros(c, np.int64)
+    for k, others in enumerate(blend_partners(classes, cfg["blend_pairs"]).values()):
+        count[k] = len(others)
+        partners[k, :count[k]] = [classes.index(b) for b in others]
     peak = rng.uniform(*cfg["intensity"], n)
-    blend = rng.random(n) < cfg["blend_prob"]
+    blend = (rng.random(n) < cfg["blend_prob"]) & (count[labels] > 0)
     weight = cfg["blend_strength"] * rng.uniform(0.25, 1.0, n) * blend
-    # Second emotion: uniform over the non-neutral classes other than the label (neutral is
-    # class 0, so the others are 1..c-1).
-    second = 1 + np.floor(rng.random(n) * (c - 1 - (labels > 0))).astype(np.int64)
-    second += (labels > 0) & (second >= labels)
+    # Second emotion: uniform over the label's blend partners.
+    pick = np.floor(rng.random(n) * count[labels]).astype(np.int64)
+    second = partners[labels, pick]
     jitter = np.exp(cfg["au_jitter"] * rng.standard_normal((n, len(AU_NAMES))))
     side = np.where(rng.random(n) < 0.5, -1, 1)
     ratio = weight / (1 - weight)
@@ -860,9 +992,9 @@ def _build(preset: str, n_subjects: int, size: int, seed: int,
            cfg: dict[str, Any]) -> FaceDataset:
     lab = preset == "synth-lab"
     classes = EMOTIONS_8 if lab else EMOTIONS_7
-    streams = np.random.SeedSequence([seed, PRESETS.index(preset)]).spawn(6)
-    rng_id, rng_table, rng_expr, rng_pose, rng_look, rng_noise = map(np.random.default_rng,
-                                                                      streams)
+    streams = np.random.SeedSequence([seed, PRESETS.index(preset)]).spawn(8)
+    (rng_id, rng_table, rng_expr, rng_pose, rng_look, rng_noise, rng_annotator,
+     rng_cue) = map(np.random.default_rng, streams)
     idp = _sample_identities(rng_id, n_subjects, cfg["identity"], cfg["resting_bias"])
     idp["cloth"] = rng_id.uniform(30, 220, n_subjects)
     base = _identity_landmarks(idp) + idp["asym"]
@@ -877,8 +1009,9 @@ def _build(preset: str, n_subjects: int, size: int, seed: int,
     rest = idp["rest"][subject]
     au_r, au_l = np.clip(expr_r + rest, 0, 1), np.clip(expr_l + rest, 0, 1)
     aus = np.maximum(au_r, au_l)
-    lm = base[subject] + (au_r @ _AU_RIGHT.reshape(len(AU_NAMES), -1)
-                          + au_l @ _AU_LEFT.reshape(len(AU_NAMES), -1)).reshape(n, 68, 2)
+    lm = base[subject] + cfg["motion"] * (au_r @ _AU_RIGHT.reshape(len(AU_NAMES), -1)
+                                          + au_l @ _AU_LEFT.reshape(len(AU_NAMES), -1)
+                                          ).reshape(n, 68, 2)
     mixture = expr["mixture"][seq]
     mixture[ramp == 0] = np.eye(len(classes))[0]
     intensity = expr["peak"][seq] * ramp
@@ -959,15 +1092,29 @@ def _build(preset: str, n_subjects: int, size: int, seed: int,
         meta.update(sequence=seq, frame=table["frame"], n_frames=table["n_frames"])
     else:
         meta["occluder"] = occluder.astype(np.int8)
+    if not lab or cfg["label_from_mixture"]:
         meta["clean_label"] = labels.copy()
+    if cfg["label_from_mixture"]:
+        labels = _draw_classes(rng_annotator, mixture)
+    elif not lab:
         noisy = rng_noise.random(n) < cfg["label_noise"]
         shift = rng_noise.integers(1, len(classes), noisy.sum())
         labels[noisy] = (labels[noisy] + shift) % len(classes)
-    return FaceDataset(
+    ds = FaceDataset(
         images=images, labels=labels, subjects=subject, classes=classes, name=preset,
         landmarks=landmarks, aus=aus.astype(np.float32), au_names=AU_NAMES,
         mixtures=mixture.astype(np.float32), valence_arousal=va.astype(np.float32),
         masks=masks, meta=meta)
+    if cfg["distractor"] is None:
+        return ds
+    return with_cues(ds, sample_cues(labels, cfg["distractor"], len(classes), rng_cue))
+
+
+def _draw_classes(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:
+    """One class index per row of ``weights`` (N, C), drawn with the row's weights."""
+    cum = np.cumsum(weights, 1)
+    u = rng.random(len(weights)) * cum[:, -1]
+    return (u[:, None] >= cum).sum(1)
 
 
 def _photometric(rng: np.random.Generator, images: np.ndarray,
@@ -990,11 +1137,158 @@ def _photometric(rng: np.random.Generator, images: np.ndarray,
     return images
 
 
+# ----------------------------------------------------------------------------- distractor cues
+
+_CUE_DARK, _CUE_LIGHT, _CUE_BLANK = 20, 235, 128
+
+
+def _cue_patterns() -> np.ndarray:
+    """(MAX_CUE_CLASSES + 1, 2, 2) cell values: classes 0-3 one light cell on dark, 4-7 one
+    dark cell on light (cells in reading order); the last row, indexed by -1, is blank grey."""
+    patterns = np.full((MAX_CUE_CLASSES + 1, 4), _CUE_BLANK, np.uint8)
+    for k in range(MAX_CUE_CLASSES):
+        light = k < 4
+        patterns[k] = _CUE_DARK if light else _CUE_LIGHT
+        patterns[k, k % 4] = _CUE_LIGHT if light else _CUE_DARK
+    return patterns.reshape(-1, 2, 2)
+
+
+_CUE_PATTERNS = _cue_patterns()
+
+
+def cue_region(shape: tuple[int, int], corner: int = 0) -> tuple[slice, slice]:
+    """(rows, columns) of the cue patch in an image of ``shape`` (height, width) at ``corner``
+    (an index into :data:`CUE_CORNERS`): 2 x 2 cells of max(3, round(min(shape) / 16))
+    pixels, flush with the corner."""
+    if corner not in range(len(CUE_CORNERS)):
+        raise ValueError(f"corner must be 0..3 ({', '.join(CUE_CORNERS)}), got {corner!r}")
+    h, w = shape
+    side = 2 * max(3, round(min(h, w) / 16))
+    rows = slice(0, side) if corner < 2 else slice(h - side, h)
+    cols = slice(0, side) if corner % 2 == 0 else slice(w - side, w)
+    return rows, cols
+
+
+def _per_image(name: str, value: ArrayLike, n: int, lo: int, hi: int) -> np.ndarray:
+    """``value`` (an int or n ints in [lo, hi]) as an (n,) int64 array, or a clear error."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or arr.ndim > 1:
+        raise TypeError(f"{name} must be an int or a 1-D array of ints, got {arr.dtype} "
+                        f"of shape {arr.shape}")
+    arr = np.broadcast_to(arr.astype(np.int64), (n,)) if arr.ndim == 0 else arr.astype(np.int64)
+    if len(arr) != n:
+        raise ValueError(f"{name} has {len(arr)} entries for {n} images")
+    if n and (arr.min() < lo or arr.max() > hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got values from {arr.min()} to "
+                         f"{arr.max()}")
+    return arr
+
+
+def paint_cues(images: np.ndarray, cues: ArrayLike, corners: ArrayLike = 0) -> np.ndarray:
+    """A copy of ``images`` (N, H, W[, 3]) uint8 with each image's cue patch painted.
+
+    ``cues`` (an int or N ints) is the class each patch shows, 0 to
+    ``MAX_CUE_CLASSES - 1``, or -1 for a blank grey patch (no class); ``corners`` (an int or
+    N ints) indexes :data:`CUE_CORNERS`. Every pixel of the patch is overwritten, so painting
+    again replaces an earlier cue in the same corner.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"images must be uint8 of shape (N, H, W) or (N, H, W, 3); got "
+                         f"{images.dtype} {images.shape}")
+    n = len(images)
+    cues = _per_image("cues", cues, n, -1, MAX_CUE_CLASSES - 1)
+    corners = _per_image("corners", corners, n, 0, len(CUE_CORNERS) - 1)
+    shape = images.shape[1:3]
+    cell = max(3, round(min(shape) / 16))
+    patches = _CUE_PATTERNS[cues].repeat(cell, 1).repeat(cell, 2)
+    if images.ndim == 4:
+        patches = patches[..., None]
+    out = images.copy()
+    for corner in np.unique(corners):
+        rows, cols = cue_region(shape, int(corner))
+        chosen = corners == corner
+        out[chosen, rows, cols] = patches[chosen]
+    return out
+
+
+def cue_corners(dataset: FaceDataset) -> np.ndarray:
+    """(N,) int8 corner of each image's cue: the first of :data:`CUE_CORNERS` that neither
+    its evidence mask nor the convex hull of its landmarks reaches, else the least covered
+    (a corner reached only under extreme poses)."""
+    n, (h, w) = len(dataset), dataset.image_size
+    face = np.zeros((n, h, w), np.uint8) if dataset.masks is None else dataset.masks > 0
+    face = face.astype(np.uint8)
+    if dataset.landmarks is not None:
+        for i in range(n):
+            hull = cv2.convexHull(np.round(dataset.landmarks[i] * _ONE).astype(np.int32))
+            cv2.fillConvexPoly(face[i], hull, 1, cv2.LINE_8, _SUB)
+            cv2.polylines(face[i], [hull], True, 1, 1, cv2.LINE_8, _SUB)
+    covered = np.stack([face[(slice(None), *cue_region((h, w), k))].reshape(n, -1).sum(1)
+                        for k in range(len(CUE_CORNERS))], 1)
+    return np.argmin(covered, 1).astype(np.int8)
+
+
+def with_cues(dataset: FaceDataset, cues: ArrayLike) -> FaceDataset:
+    """A copy of ``dataset`` whose images show cue classes ``cues`` (see :func:`paint_cues`;
+    -1 a blank patch), recorded in ``meta["cue"]``; the corners are ``meta["cue_corner"]``
+    when present, else :func:`cue_corners`. Masks and landmarks are unchanged."""
+    cues = _per_image("cues", cues, len(dataset), -1, MAX_CUE_CLASSES - 1)
+    if cues.size and cues.max() >= dataset.n_classes:
+        raise ValueError(f"cues must be -1 or a class of {dataset.name} (0.."
+                         f"{dataset.n_classes - 1}), got {cues.max()}")
+    corners = dataset.meta.get("cue_corner")
+    if corners is None:
+        corners = cue_corners(dataset)
+    meta = {**dataset.meta, "cue": cues.astype(np.int8), "cue_corner": corners}
+    return dataclasses.replace(dataset, images=paint_cues(dataset.images, cues, corners),
+                               meta=meta)
+
+
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer, np.random.Generator)):
+        raise TypeError(f"seed must be an int or a numpy Generator, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+def _classes(labels: ArrayLike, n_classes: int) -> np.ndarray:
+    if (isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer))
+            or not 2 <= n_classes <= MAX_CUE_CLASSES):
+        raise ValueError(f"n_classes must be an int in 2..{MAX_CUE_CLASSES} (one cue pattern "
+                         f"per class), got {n_classes!r}")
+    labels = np.asarray(labels)
+    return _per_image("labels", labels, labels.size, 0, int(n_classes) - 1)
+
+
+def sample_cues(labels: ArrayLike, strength: float, n_classes: int,
+                seed: int | np.random.Generator = 0) -> np.ndarray:
+    """(N,) int8 cue classes: each image's label with probability ``strength``, else a class
+    drawn uniformly from all ``n_classes`` (so 0 makes cues independent of the labels and 1
+    makes every cue show its label)."""
+    labels = _classes(labels, n_classes)
+    strength = _unit("strength", strength, "a cue strength in [0, 1]")
+    rng = _rng(seed)
+    keep = rng.random(len(labels)) < strength
+    return np.where(keep, labels, rng.integers(0, n_classes, len(labels))).astype(np.int8)
+
+
+def misleading_cues(labels: ArrayLike, n_classes: int,
+                    seed: int | np.random.Generator = 0) -> np.ndarray:
+    """(N,) int8 cue classes each different from its label, drawn uniformly from the other
+    ``n_classes - 1`` classes: a network that reads the cue gets every image wrong."""
+    labels = _classes(labels, n_classes)
+    shift = _rng(seed).integers(1, n_classes, len(labels))
+    return ((labels + shift) % n_classes).astype(np.int8)
+
+
 # ----------------------------------------------------------------------------- public API
 
 def _cache_key(preset: str, n_subjects: int, size: int, seed: int, cfg: dict[str, Any]) -> str:
+    """Hash of every parameter; mechanism knobs count only when set (:data:`_MECHANISM_OFF`)."""
+    knobs = {k: v for k, v in cfg.items()
+             if k not in _MECHANISM_OFF or v != _MECHANISM_OFF[k]}
     params = {"version": GENERATOR_VERSION, "preset": preset, "n_subjects": int(n_subjects),
-              "size": int(size), "seed": int(seed), **cfg}
+              "size": int(size), "seed": int(seed), **knobs}
     blob = json.dumps(params, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
@@ -1028,8 +1322,9 @@ def generate(preset: str = "synth-lab", *, n_subjects: int = 40, size: int = 96,
         size: image height and width in pixels, 48..224.
         seed: random seed; the same arguments give byte-identical data.
         cache_dir: directory for an ``.npz`` cache keyed by a hash of every parameter.
-        **knobs: difficulty knobs of the preset (see the module docstring and
-            :data:`KNOBS`).
+        **knobs: difficulty and mechanism knobs of the preset (see the module docstring
+            and :data:`KNOBS`), e.g. ``distractor=0.9``, ``blend_pairs="facs"``,
+            ``label_from_mixture=True``, ``motion=0.0``.
 
     Returns:
         A :class:`~fernb.data.datasets.FaceDataset` with images, labels, subjects, landmarks,
