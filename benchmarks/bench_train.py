@@ -27,7 +27,7 @@ from fernb.complexity import flops
 from fernb.device import native_bf16
 from fernb.models import single_network
 from fernb.models.backbones import resnet18, vgg16
-from fernb.train import fit
+from fernb.train import FitConfig, fit, sgd
 
 BATCH = 64
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
@@ -68,8 +68,9 @@ def bare(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, epoch
 def with_fit(build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, epochs: int, *,
              precision: str) -> float:
     """Images per second of ``fit`` (the fastest epoch after the first)."""
-    history = fit(build(), TensorDataset(x, y), epochs=epochs + 1, lr=0.01, batch_size=BATCH,
-                  device="cpu", precision=precision, progress=False)
+    config = FitConfig(epochs=epochs + 1, optimizer=sgd(0.01), batch_size=BATCH, device="cpu",
+                       precision=precision)
+    history = fit(build(), TensorDataset(x, y), None, config)
     return float((len(x) / history.to_frame()["seconds"].iloc[1:]).max())
 
 

@@ -47,7 +47,6 @@ Choices where the paper is vague, each a parameter:
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -62,7 +61,7 @@ from torch import nn
 
 from fernb.ensemble import fuse_state_dicts
 from fernb.seeding import derive_seed, seeded
-from fernb.train import Data, History, fit
+from fernb.train import Data, FitConfig, History, Schedule, fit
 
 SELECTIONS = ("inverse", "softmax")
 FUSIONS = ("conv", "all")
@@ -156,44 +155,39 @@ class TwoPhaseResult:
         return pd.concat([one.assign(phase=1), two.assign(phase=2)])
 
 
-def train_two_phase(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
-                    phases: TwoPhase = TwoPhase(), optimizer: str = "adam",
-                    checkpoint_dir: str | Path | None = None, **fit_kwargs: Any
+def train_two_phase(model: nn.Module, train: Data, val: Data | None, config: FitConfig, *,
+                    phases: TwoPhase = TwoPhase(), checkpoint: str | Path | None = None
                     ) -> TwoPhaseResult:
     """Train with Lr_1 until the training loss is stable, then with Lr_2 (Zhou Sec. 3.1).
 
     Phase 1 (``lr1``, cosine annealing over ``max_epochs1`` epochs) runs one epoch per
-    :func:`fernb.train.fit` call, resuming from ``checkpoint_dir/phase1`` (a temporary
-    directory when ``checkpoint_dir`` is None), until :func:`is_stable` or ``max_epochs1``.
-    Phase 2 (``lr2``, StepLR) runs ``epochs2`` epochs in ``checkpoint_dir/phase2`` with a new
-    optimizer. Rerunning with the same ``checkpoint_dir`` resumes. Each phase ends with
-    ``fit``'s best-validation weights when there is validation data.
+    :func:`fernb.train.fit` call, resuming from ``checkpoint/phase1`` (a temporary
+    directory when ``checkpoint`` is None), until :func:`is_stable` or ``max_epochs1``.
+    Phase 2 (``lr2``, StepLR) runs ``epochs2`` epochs in ``checkpoint/phase2`` with a new
+    optimizer. Rerunning with the same ``checkpoint`` resumes. Each phase ends with ``fit``'s
+    best-validation weights when there is validation data.
 
     Args:
-        fit_kwargs: passed to every ``fit`` call (``loss_fn``, e.g. a
-            :class:`fernb.losses.MultiLoss`, ``batch_size``, ``augment``, ``device``, ...).
+        config: every phase's training (the optimizer's class, e.g. Adam, with its learning
+            rate replaced by the phase's; the loss, e.g. a :class:`fernb.losses.MultiLoss`;
+            batch size, augmentation, device...); its epochs and schedule are the phases'.
     """
-    for key in ("epochs", "lr", "schedule", "checkpoint_dir"):
-        if key in fit_kwargs:
-            raise ValueError(f"{key!r} is set by the phases; give it through TwoPhase")
-    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR,
-                               T_max=phases.max_epochs1)
-    step = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=phases.step_size,
-                             gamma=phases.gamma)
+    cosine = Schedule("CosineAnnealingLR", T_max=phases.max_epochs1)
+    step = Schedule("StepLR", step_size=phases.step_size, gamma=phases.gamma)
+    one = config.replace(optimizer=config.optimizer.replace(lr=phases.lr1), schedule=cosine)
+    two = config.replace(optimizer=config.optimizer.replace(lr=phases.lr2), schedule=step,
+                         epochs=phases.epochs2)
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(checkpoint_dir) if checkpoint_dir is not None else Path(scratch)
+        root = Path(checkpoint) if checkpoint is not None else Path(scratch)
         stable = False
         for epochs in range(1, phases.max_epochs1 + 1):
-            phase1 = fit(model, train_data, val_data, epochs=epochs, lr=phases.lr1,
-                         optimizer=optimizer, schedule=cosine, checkpoint_dir=root / "phase1",
-                         **fit_kwargs)
+            phase1 = fit(model, train, val, one.replace(epochs=epochs),
+                         checkpoint=root / "phase1")
             stable = is_stable(phase1, window=phases.window, loss_tol=phases.loss_tol,
                                acc_tol=phases.acc_tol)
             if stable:
                 break
-        phase2 = fit(model, train_data, val_data, epochs=phases.epochs2, lr=phases.lr2,
-                     optimizer=optimizer, schedule=step, checkpoint_dir=root / "phase2",
-                     **fit_kwargs)
+        phase2 = fit(model, train, val, two, checkpoint=root / "phase2")
     return TwoPhaseResult(phase1, phase2, len(phase1), stable, phases.window)
 
 
@@ -350,31 +344,29 @@ def fga(networks: Sequence[nn.Module], losses: Sequence[float], *,
 
 class TwoPhaseTrainer:
     """A ``train`` for :func:`fga`: :func:`train_two_phase` of each network in
-    ``checkpoint_dir/<name>``, returning :attr:`TwoPhaseResult.training_loss`; ``results``
-    maps each name to its :class:`TwoPhaseResult`.
+    ``checkpoint/<name>``, returning :attr:`TwoPhaseResult.training_loss`; ``results`` maps
+    each name to its :class:`TwoPhaseResult`.
 
     Each network's training randomness (batch order, augmentation, the multi-loss draws) is
-    its own: ``fit``'s seed is :func:`fernb.seeding.derive_seed` of ``seed`` and the name, so
-    two children fused from the same parents still train apart, as the paper's networks
-    differ by "random loss ... data-flipping" (Sec. 3.3).
+    its own: ``fit``'s seed is :func:`fernb.seeding.derive_seed` of ``config.seed`` and the
+    name, so two children fused from the same parents still train apart, as the paper's
+    networks differ by "random loss ... data-flipping" (Sec. 3.3).
 
     Args:
-        train_data, val_data, phases, fit_kwargs: as :func:`train_two_phase`.
-        checkpoint_dir: root of the networks' checkpoint directories (None: none kept).
-        seed: the run's seed.
+        train, val, config, phases: as :func:`train_two_phase`.
+        checkpoint: root of the networks' checkpoint directories (None: none kept).
     """
 
-    def __init__(self, train_data: Data, val_data: Data | None = None, *,
-                 phases: TwoPhase = TwoPhase(), checkpoint_dir: str | Path | None = None,
-                 seed: int = 0, **fit_kwargs: Any) -> None:
-        self.train_data, self.val_data, self.phases = train_data, val_data, phases
-        self.checkpoint_dir, self.seed = checkpoint_dir, seed
-        self.fit_kwargs = fit_kwargs
+    def __init__(self, train: Data, val: Data | None, config: FitConfig, *,
+                 phases: TwoPhase = TwoPhase(), checkpoint: str | Path | None = None) -> None:
+        self.train, self.val, self.config, self.phases = train, val, config, phases
+        self.checkpoint = checkpoint
         self.results: dict[str, TwoPhaseResult] = {}
 
     def __call__(self, model: nn.Module, name: str) -> float:
-        directory = Path(self.checkpoint_dir) / name if self.checkpoint_dir is not None else None
+        directory = Path(self.checkpoint) / name if self.checkpoint is not None else None
         self.results[name] = train_two_phase(
-            model, self.train_data, self.val_data, phases=self.phases,
-            checkpoint_dir=directory, seed=derive_seed(self.seed, name), **self.fit_kwargs)
+            model, self.train, self.val, self.config.replace(
+                seed=derive_seed(self.config.seed, name)),
+            phases=self.phases, checkpoint=directory)
         return self.results[name].training_loss

@@ -1,6 +1,8 @@
 """Every paper's loss, each citing its equation. All take member outputs (B, M, ...)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,7 @@ def relevance_contiguity(maps: torch.Tensor) -> torch.Tensor:
 
 
 class RelevanceLoss:
-    """Eq. (2) for ``fit(..., forward="forward_with_map", loss_fn=RelevanceLoss(mode))``.
+    """Eq. (2) for ``FitConfig(forward="forward_with_map", loss=RelevanceLoss(mode))``.
 
     Modes (Sec. III-B; Table 4 reports each):
 
@@ -129,6 +131,12 @@ class RelevanceLoss:
     @property
     def needs_target_maps(self) -> bool:
         return self.mode in ("fully", "hybrid")
+
+    def spec(self) -> dict[str, Any]:
+        """What the loss computes, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"loss": "RelevanceLoss", "mode": self.mode, "lambda_fully": self.lambda_fully,
+                "lambda_weakly": self.lambda_weakly, "gamma": self.gamma,
+                "mse_reduction": self.mse_reduction}
 
     def terms(self, output: tuple[torch.Tensor, torch.Tensor],
               targets: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -167,7 +175,7 @@ class RelevanceLoss:
 # Gan, Chen and Xu, Pattern Recognition Letters 2019: soft labels with a diverse ensemble.
 
 class SoftLabelLoss:
-    """Eq. (5) for ``fit(..., loss_fn=SoftLabelLoss(D))``: the cross-entropy of each member's
+    """Eq. (5) for ``FitConfig(loss=SoftLabelLoss(D))``: the cross-entropy of each member's
     softmax (eq. 6) against the soft label ``D[y_i]`` of the sample's class, batch-mean and
     summed over members (:func:`member_cross_entropy` with (B, C) distribution targets).
 
@@ -195,6 +203,10 @@ class SoftLabelLoss:
             raise ValueError(f"every row of soft_labels must sum to 1 (eq. 3), got row sums "
                              f"{[round(s, 4) for s in sums.tolist()]}")
         self.soft_labels = d
+
+    def spec(self) -> dict[str, Any]:
+        """What the loss computes, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"loss": "SoftLabelLoss", "soft_labels": self.soft_labels}
 
     def __call__(self, logits: torch.Tensor,
                  targets: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -303,6 +315,11 @@ class MultiLoss:
         self.p_lsr, self.epsilon, self.mix = float(p_lsr), float(epsilon), mix
         self.class_weights = class_weights
         self.counts = {"lsr": 0, "ce": 0}
+
+    def spec(self) -> dict[str, Any]:
+        """What the loss computes, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"loss": "MultiLoss", "p_lsr": self.p_lsr, "epsilon": self.epsilon,
+                "class_weights": self.class_weights, "mix": self.mix}
 
     def lsr(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return zhou_label_smoothing(logits, labels, self.epsilon)

@@ -37,7 +37,7 @@ Choices where the paper is ambiguous or silent:
 - The paper trains a fixed number of iterations and keeps the last weights; ``fit`` keeps
   the epoch of lowest validation loss when it has validation data: pass ``val_data=None``
   to follow the paper.
-- The paper counts Caffe iterations of batches of 48; :meth:`PaperSetting.fit_kwargs`
+- The paper counts Caffe iterations of batches of 48; :meth:`PaperSetting.fit_config`
   converts them to epochs for a given training-set size (rounded, at least 1).
 - Selecting the gamma set from the sweep (Sec. 4.3, Fig. 4) is described in words ("a
   better performance when gamma is in the range ..."); :func:`select_gammas` formalises it
@@ -50,7 +50,6 @@ import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,14 +59,13 @@ import torch
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from torch import nn
-from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader, Dataset
 
 from fernb.evaluate import predict
 from fernb.losses import SoftLabelLoss
 from fernb.models.members import Members
 from fernb.seeding import derive_seed, seeded
-from fernb.train import Data, History, fit
+from fernb.train import Data, FitConfig, History, Schedule, fit, sgd
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 VIOLATION_POLICIES = ("raise", "warn", "ignore")
@@ -124,17 +122,18 @@ class PaperSetting:
     def _epochs(self, iterations: int, n_train: int) -> int:
         return max(1, round(iterations * self.batch_size / n_train))
 
-    def fit_kwargs(self, n_train: int) -> dict[str, Any]:
-        """Keyword arguments for :func:`fernb.train.fit` on ``n_train`` training images:
-        iterations as epochs, and the step decay as a per-epoch ``StepLR``."""
+    def fit_config(self, n_train: int, **changes: Any) -> FitConfig:
+        """The :class:`~fernb.train.FitConfig` of the paper's training on ``n_train`` images:
+        iterations as epochs, and the step decay as a per-epoch ``StepLR``; ``changes``
+        (device, precision...) on top."""
         if n_train < 1:
             raise ValueError(f"n_train must be at least 1, got {n_train}")
-        schedule = None if self.lr_step is None else partial(
-            StepLR, step_size=self._epochs(self.lr_step, n_train), gamma=self.lr_decay)
-        return {"epochs": self._epochs(self.iterations, n_train), "lr": self.lr,
-                "optimizer": "sgd", "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "batch_size": self.batch_size,
-                "schedule": schedule}
+        schedule = None if self.lr_step is None else Schedule(
+            "StepLR", step_size=self._epochs(self.lr_step, n_train), gamma=self.lr_decay)
+        return FitConfig(epochs=self._epochs(self.iterations, n_train),
+                         optimizer=sgd(self.lr, momentum=self.momentum,
+                                       weight_decay=self.weight_decay),
+                         batch_size=self.batch_size, schedule=schedule, **changes)
 
 
 PAPER_SETTINGS: dict[str, PaperSetting] = {
@@ -364,10 +363,9 @@ def select_gammas(gammas: Sequence[float], accuracies: Sequence[float], n: int
 
 
 def train_gamma_ensemble(builder: Callable[[], nn.Module], soft_labels: ArrayLike,
-                         gammas: Sequence[float], train_data: Data, val_data: Data | None = None,
-                         *, seed: int = 0, checkpoint_dir: str | Path | None = None,
-                         identical_start: bool = False, **fit_kwargs: Any
-                         ) -> tuple[Members, list[History]]:
+                         gammas: Sequence[float], train: Data, val: Data | None,
+                         config: FitConfig, *, checkpoint: str | Path | None = None,
+                         identical_start: bool = False) -> tuple[Members, list[History]]:
     """Sec. 3.4: one base classifier per gamma, trained on ``perturb(soft_labels, gamma)``.
 
     Args:
@@ -376,13 +374,13 @@ def train_gamma_ensemble(builder: Callable[[], nn.Module], soft_labels: ArrayLik
         soft_labels: the constructor's (C, C) matrix D.
         gammas: one perturbation factor per member; repeat a value for a fixed-gamma
             ensemble (the paper's "gamma = 1.4" rows).
-        train_data, val_data: as for :func:`fernb.train.fit`, with class-index targets.
-        seed: network k is built under ``seeded(seed, k)`` and shuffled with its own seed.
-        checkpoint_dir: member k checkpoints to ``<dir>/member_<k>_gamma_<gamma>``, so an
+        train, val: as for :func:`fernb.train.fit`, with class-index targets.
+        config: how each member trains (:meth:`PaperSetting.fit_config` gives the paper's);
+            its loss is eq. (5) with the member's soft labels, and network k is built under
+            ``seeded(config.seed, k)`` and shuffled with its own seed.
+        checkpoint: member k checkpoints to ``<checkpoint>/member_<k>_gamma_<gamma>``, so an
             interrupted run resumes where it stopped.
         identical_start: every member starts from network 0's weights and batch order.
-        **fit_kwargs: the rest of :func:`fernb.train.fit`'s arguments (epochs, lr, ...;
-            :meth:`PaperSetting.fit_kwargs` gives the paper's).
 
     Returns:
         The ensemble (output (B, M, C), member k trained with ``gammas[k]``) and each
@@ -392,6 +390,7 @@ def train_gamma_ensemble(builder: Callable[[], nn.Module], soft_labels: ArrayLik
     if not len(gammas):
         raise ValueError("gammas is empty: give one perturbation factor per member")
     targets = [perturb(soft_labels, g) for g in gammas]  # validates every gamma first
+    seed = config.seed
     if identical_start:
         with seeded(seed, 0):
             first = builder()
@@ -400,9 +399,9 @@ def train_gamma_ensemble(builder: Callable[[], nn.Module], soft_labels: ArrayLik
         model = Members.build(builder, len(gammas), seed=seed)
     histories = []
     for k, (gamma, d) in enumerate(zip(gammas, targets)):
-        member_dir = (None if checkpoint_dir is None
-                      else Path(checkpoint_dir) / f"member_{k}_gamma_{gamma:g}")
-        histories.append(fit(model.member(k), train_data, val_data, loss_fn=SoftLabelLoss(d),
-                             seed=derive_seed(seed, "fit", 0 if identical_start else k),
-                             checkpoint_dir=member_dir, **fit_kwargs))
+        member_dir = (None if checkpoint is None
+                      else Path(checkpoint) / f"member_{k}_gamma_{gamma:g}")
+        histories.append(fit(model.member(k), train, val, config.replace(
+            loss=SoftLabelLoss(d), seed=derive_seed(seed, "fit", 0 if identical_start else k)),
+            checkpoint=member_dir))
     return model, histories

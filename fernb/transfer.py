@@ -62,7 +62,7 @@ from fernb.landmarks import subset_flip_permutation
 from fernb.losses import member_l1
 from fernb.models.members import Members
 from fernb.models.parts import ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, normalise_landmarks
-from fernb.train import History, fit, freeze
+from fernb.train import FitConfig, History, adam, fit, freeze
 
 Augment = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 # Called as factory(part=...) with a part, or None for class labels; returns fit's augment(x, y).
@@ -205,6 +205,10 @@ class _NormalisedLandmarks:
         x, points = self.augmentation(x, y.reshape(len(y), -1, 2) * scale)  # (B, K, 2) px
         return x, (points / scale).reshape(y.shape)
 
+    def spec(self) -> dict[str, Any]:
+        """What the augmentation does, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"augmentation": "normalised landmarks", "pixels": self.augmentation.spec()}
+
     def __repr__(self) -> str:
         return f"_NormalisedLandmarks({self.augmentation!r})"
 
@@ -313,18 +317,28 @@ def extract_features(network: PartNetwork, x: torch.Tensor, *, batch_size: int =
     return torch.cat(out)
 
 
-def _stage(checkpoint_dir: str | Path | None, name: str) -> Path | None:
-    return Path(checkpoint_dir) / name if checkpoint_dir is not None else None
+def _folder(checkpoint: str | Path | None, name: str) -> Path | None:
+    return Path(checkpoint) / name if checkpoint is not None else None
 
 
-def _adam(model: nn.Module, config: TransferConfig, lr: float, epochs: int,
-          **fit_kwargs: Any) -> dict[str, Any]:
-    """fit() arguments of one stage: Adam with the config's betas and eps on every trainable
-    parameter of ``model``, and the config's batch size."""
-    group = {"params": [p for p in model.parameters() if p.requires_grad],
-             "betas": config.betas, "eps": config.eps}
-    return dict(epochs=epochs, lr=lr, optimizer="adam", param_groups=[group],
-                batch_size=config.batch_size, **fit_kwargs)
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how every stage computes: device, precision (:mod:`fernb.device`) and a
+    progress bar; none of them changes what a stage trains."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = False
+
+
+def _stage(config: TransferConfig, runtime: Runtime, lr: float, epochs: int, *, seed: int,
+           early_stopping: int | None, **changes: Any) -> FitConfig:
+    """One stage's :class:`FitConfig`: Adam at ``lr`` with the config's betas and eps, the
+    config's batch size."""
+    return FitConfig(epochs=epochs, optimizer=adam(lr, betas=config.betas, eps=config.eps),
+                     batch_size=config.batch_size, early_stopping=early_stopping, seed=seed,
+                     device=runtime.device, precision=runtime.precision,
+                     progress=runtime.progress, **changes)
 
 
 def _build(factory: AugmentFactory | None, part: str | None) -> Augment | None:
@@ -352,9 +366,9 @@ class TransferResult:
 
 def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None,
                    *, config: TransferConfig = TransferConfig(),
-                   checkpoint_dir: str | Path | None = None,
+                   checkpoint: str | Path | None = None,
                    augment: AugmentFactory | None = None, seed: int = 0,
-                   **fit_kwargs: Any) -> TransferResult:
+                   runtime: Runtime = Runtime()) -> TransferResult:
     """Train one FTL or EL network in the three stages of Sec. III-D2.
 
     Args:
@@ -362,15 +376,15 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
         train, val: datasets with labels and (N, 68, 2) landmarks; ``val`` drives early
             stopping, the choice of the best epoch and the Sec. V-B errors (``train`` when
             None).
-        checkpoint_dir: stage ``s`` checkpoints in ``checkpoint_dir/s`` (``landmarks``,
-            ``head``, ``finetune``); rerunning resumes where it stopped.
+        checkpoint: stage ``s`` checkpoints in ``checkpoint/s`` (``landmarks``, ``head``,
+            ``finetune``); rerunning resumes where it stopped.
         augment: ``augment(part=...)`` builds fit's ``augment(x, y)``: with the network's
             part for stage 1 (it must move the (B, 2K) normalised coordinates with the
             image), with ``part=None`` for stages 2 (unless ``config.head_augment`` is
             False) and 3 (labels pass through); e.g.
             ``functools.partial(paper_augmentation, 160)``. None: no augmentation.
         seed: shuffling and augmentation seed of every stage.
-        fit_kwargs: further :func:`fernb.train.fit` arguments (``device``, ``progress``...).
+        runtime: device, precision and progress bar of every stage.
     """
     if not isinstance(network, PartNetwork) or network.part is None:
         raise TypeError("train_transfer needs a PartNetwork with a landmark head (part set); "
@@ -384,16 +398,16 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
     fer_train = expression_dataset(train, x=x_train)
     fer_val = expression_dataset(val, x=x_val) if val is not None else None
     reference = val if val is not None else train
-    common = dict(seed=seed, early_stopping=_early(config, val), **fit_kwargs)
+    common = dict(seed=seed, early_stopping=_early(config, val))
 
     network.unfreeze_features()
     network.head.requires_grad_(False)
     network.landmark_head.requires_grad_(True)
     view = _Landmarks(network)
-    landmarks = fit(view, lm_train, lm_val, loss_fn=member_l1, task="regression",
-                    augment=_build(augment, network.part),
-                    checkpoint_dir=_stage(checkpoint_dir, "landmarks"),
-                    **_adam(view, config, config.landmark_lr, config.landmark_epochs, **common))
+    landmarks = fit(view, lm_train, lm_val, _stage(
+        config, runtime, config.landmark_lr, config.landmark_epochs, loss=member_l1,
+        task="regression", augment=_build(augment, network.part), **common),
+        checkpoint=_folder(checkpoint, "landmarks"))
     error_before = landmark_errors(network, reference, channels=channels)
     landmark_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
 
@@ -401,23 +415,22 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
     network.freeze_features()
     network.head.requires_grad_(True)
     head_augment = _build(augment, None) if config.head_augment else None
+    head_config = _stage(config, runtime, config.head_lr, config.head_epochs,
+                         augment=head_augment, **common)
     if head_augment is None:  # the frozen extractor's features, computed once
         view = _Head(network)
         head_train = TensorDataset(extract_features(network, x_train), fer_train.tensors[1])
         head_val = (TensorDataset(extract_features(network, x_val), fer_val.tensors[1])
                     if fer_val is not None else None)
-        head = fit(view, head_train, head_val, checkpoint_dir=_stage(checkpoint_dir, "head"),
-                   **_adam(view, config, config.head_lr, config.head_epochs, **common))
+        head = fit(view, head_train, head_val, head_config, checkpoint=_folder(checkpoint, "head"))
     else:
-        head = fit(network, fer_train, fer_val, augment=head_augment,
-                   checkpoint_dir=_stage(checkpoint_dir, "head"),
-                   **_adam(network, config, config.head_lr, config.head_epochs, **common))
+        head = fit(network, fer_train, fer_val, head_config,
+                   checkpoint=_folder(checkpoint, "head"))
 
     network.unfreeze_features()
-    finetune = fit(network, fer_train, fer_val, augment=_build(augment, None),
-                   checkpoint_dir=_stage(checkpoint_dir, "finetune"),
-                   **_adam(network, config, config.finetune_lr, config.finetune_epochs,
-                           **common))
+    finetune = fit(network, fer_train, fer_val, _stage(
+        config, runtime, config.finetune_lr, config.finetune_epochs,
+        augment=_build(augment, None), **common), checkpoint=_folder(checkpoint, "finetune"))
     error_after = landmark_errors(network, reference, channels=channels)
     network.requires_grad_(True)
     return TransferResult(landmarks, head, finetune, error_before, error_after, landmark_state)
@@ -425,8 +438,8 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
 
 def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None, *,
                  config: TransferConfig = TransferConfig(),
-                 checkpoint_dir: str | Path | None = None, augment: AugmentFactory | None = None,
-                 seed: int = 0, **fit_kwargs: Any) -> History:
+                 checkpoint: str | Path | None = None, augment: AugmentFactory | None = None,
+                 seed: int = 0, runtime: Runtime = Runtime()) -> History:
     """Direct expression training of a Baseline network (Sec. III-D1): Adam at
     ``config.direct_lr`` for ``config.direct_epochs``; a landmark head, if any, is unused.
     Arguments as :func:`train_transfer` (``augment`` is called with ``part=None``)."""
@@ -438,22 +451,22 @@ def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | No
     network.unfreeze_features()
     history = fit(network, expression_dataset(train, channels=channels),
                   expression_dataset(val, channels=channels) if val is not None else None,
-                  augment=_build(augment, None), checkpoint_dir=_stage(checkpoint_dir, "direct"),
-                  **_adam(network, config, config.direct_lr, config.direct_epochs, seed=seed,
-                          early_stopping=_early(config, val), **fit_kwargs))
+                  _stage(config, runtime, config.direct_lr, config.direct_epochs, seed=seed,
+                         early_stopping=_early(config, val), augment=_build(augment, None)),
+                  checkpoint=_folder(checkpoint, "direct"))
     network.requires_grad_(True)
     return history
 
 
 def train_members(model: Members, train: FaceDataset, val: FaceDataset | None = None, *,
                   config: TransferConfig = TransferConfig(),
-                  checkpoint_dir: str | Path | None = None,
+                  checkpoint: str | Path | None = None,
                   augment: AugmentFactory | None = None, seed: int = 0,
-                  **fit_kwargs: Any) -> list[TransferResult | History]:
+                  runtime: Runtime = Runtime()) -> list[TransferResult | History]:
     """Train every network of an EL, FTL or Baseline ensemble separately: three-stage transfer
     for networks with a landmark head, direct training otherwise.
 
-    Member ``k`` (1-based) checkpoints in ``checkpoint_dir/member_<k>_<part>`` and is trained
+    Member ``k`` (1-based) checkpoints in ``checkpoint/member_<k>_<part>`` and is trained
     with seed ``seed + k - 1``. Returns one :class:`TransferResult` or History per member.
     """
     if not isinstance(model, Members) or not all(isinstance(n, PartNetwork)
@@ -462,15 +475,10 @@ def train_members(model: Members, train: FaceDataset, val: FaceDataset | None = 
                         "part_ensemble)")
     results: list[TransferResult | History] = []
     for k, network in enumerate(model.networks, start=1):
-        where = _stage(checkpoint_dir, f"member_{k}_{network.part or 'baseline'}")
-        if network.part is None:
-            results.append(train_direct(network, train, val, config=config,
-                                        checkpoint_dir=where, augment=augment,
-                                        seed=seed + k - 1, **fit_kwargs))
-        else:
-            results.append(train_transfer(network, train, val, config=config,
-                                          checkpoint_dir=where, augment=augment,
-                                          seed=seed + k - 1, **fit_kwargs))
+        where = _folder(checkpoint, f"member_{k}_{network.part or 'baseline'}")
+        train_one = train_direct if network.part is None else train_transfer
+        results.append(train_one(network, train, val, config=config, checkpoint=where,
+                                 augment=augment, seed=seed + k - 1, runtime=runtime))
     return results
 
 

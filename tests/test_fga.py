@@ -12,7 +12,7 @@ from fernb import fga as G
 from fernb.losses import MultiLoss
 from fernb.models.faml import r18_faml
 from fernb.seeding import seeded
-from fernb.train import fit
+from fernb.train import FitConfig, Schedule, adam, fit
 
 
 class Tiny(nn.Module):
@@ -40,7 +40,7 @@ def _data(n: int = 24, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-FIT = {"batch_size": 8, "device": "cpu", "progress": False}
+FIT = FitConfig(epochs=1, optimizer=adam(3e-4), batch_size=8, device="cpu")
 
 
 def test_paper_settings():
@@ -214,7 +214,7 @@ def test_is_stable_hand_computed():
 def test_two_phase_switches_when_stable(tmp_path):
     phases = G.TwoPhase(max_epochs1=4, epochs2=2, window=2, loss_tol=math.inf,
                         acc_tol=math.inf)
-    result = G.train_two_phase(_tiny(), _data(), phases=phases, checkpoint_dir=tmp_path, **FIT)
+    result = G.train_two_phase(_tiny(), _data(), None, FIT, phases=phases, checkpoint=tmp_path)
     assert result.stable and result.switch_epoch == 2
     frame = result.to_frame()
     assert frame["phase"].tolist() == [1, 1, 2, 2] and frame.index.tolist() == [1, 2, 3, 4]
@@ -228,14 +228,13 @@ def test_two_phase_switches_when_stable(tmp_path):
 def test_two_phase_runs_max_epochs_and_equals_one_fit(tmp_path):
     phases = G.TwoPhase(max_epochs1=3, epochs2=1, loss_tol=0.0, acc_tol=0.0)
     model = _tiny()
-    result = G.train_two_phase(model, _data(), phases=phases, loss_fn=MultiLoss(p_lsr=0.5),
-                               **FIT)
+    result = G.train_two_phase(model, _data(), None, FIT.replace(loss=MultiLoss(p_lsr=0.5)),
+                               phases=phases)
     assert not result.stable and result.switch_epoch == 3
     # phase 1, one fit call per epoch, is the same run as one fit call of 3 epochs
     reference = _tiny()
-    history = fit(reference, _data(), epochs=3, lr=3e-4, optimizer="adam",
-                  schedule=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3),
-                  loss_fn=MultiLoss(p_lsr=0.5), **FIT)
+    history = fit(reference, _data(), None, FIT.replace(
+        epochs=3, schedule=Schedule("CosineAnnealingLR", T_max=3), loss=MultiLoss(p_lsr=0.5)))
     assert result.phase1.to_frame()["train_loss"].tolist() == \
         history.to_frame()["train_loss"].tolist()
 
@@ -245,16 +244,14 @@ def test_multi_loss_draws_do_not_depend_on_validation():
     runs = []
     for val in (None, _data(9, seed=1)):
         loss = MultiLoss(p_lsr=0.5)
-        history = fit(_tiny(), data, val, epochs=2, lr=1e-2, optimizer="adam", loss_fn=loss,
-                      **FIT)
+        history = fit(_tiny(), data, val, FIT.replace(epochs=2, optimizer=adam(1e-2),
+                                                      loss=loss))
         runs.append((history.to_frame()["train_loss"].tolist(), dict(loss.counts)))
     assert runs[0] == runs[1]
     assert sum(runs[0][1].values()) == 6  # 3 batches x 2 epochs
 
 
-def test_two_phase_rejects_phase_settings():
-    with pytest.raises(ValueError, match="'lr'"):
-        G.train_two_phase(_tiny(), _data(), lr=0.1, **FIT)
+def test_two_phase_settings_are_checked():
     with pytest.raises(ValueError, match="max_epochs1"):
         G.TwoPhase(max_epochs1=0)
     with pytest.raises(ValueError, match="gamma"):
@@ -263,7 +260,7 @@ def test_two_phase_rejects_phase_settings():
 
 def test_fga_with_two_phase_training(tmp_path):
     phases = G.TwoPhase(max_epochs1=1, epochs2=1, window=1)
-    trainer = G.TwoPhaseTrainer(_data(), phases=phases, checkpoint_dir=tmp_path, **FIT)
+    trainer = G.TwoPhaseTrainer(_data(), None, FIT, phases=phases, checkpoint=tmp_path)
     population = [_tiny(s) for s in range(2)]
     losses = [trainer(net, f"input{k}") for k, net in enumerate(population)]
     result = G.fga(population, losses, builder=Tiny, train=trainer, n_fused=1, n_new=1)
@@ -274,12 +271,13 @@ def test_fga_with_two_phase_training(tmp_path):
 
 def test_trainer_gives_every_network_its_own_training_randomness():
     phases = G.TwoPhase(max_epochs1=1, epochs2=1, window=1)
-    trainer = G.TwoPhaseTrainer(_data(), phases=phases, loss_fn=MultiLoss(p_lsr=0.5), **FIT)
+    trainer = G.TwoPhaseTrainer(_data(), None, FIT.replace(loss=MultiLoss(p_lsr=0.5)),
+                                phases=phases)
     a, b = _tiny(), _tiny()  # the same start, e.g. two children of the same parents
     trainer(a, "g1_fused1")
     trainer(b, "g1_fused2")
     assert not torch.equal(a.conv.weight, b.conv.weight)
     c = _tiny()
-    G.TwoPhaseTrainer(_data(), phases=phases, loss_fn=MultiLoss(p_lsr=0.5), **FIT)(
+    G.TwoPhaseTrainer(_data(), None, FIT.replace(loss=MultiLoss(p_lsr=0.5)), phases=phases)(
         c, "g1_fused1")
     assert torch.equal(a.conv.weight, c.conv.weight)  # reproducible per name

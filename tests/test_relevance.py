@@ -17,7 +17,7 @@ from fernb.losses import (RelevanceLoss, relevance_contiguity, relevance_mse,
 from fernb.models.members import Members
 from fernb.models.relevance import (PAPER_TRAINING, BaselineCNN, EBlock, RelevanceNet,
                                     fit_relevance, target_maps)
-from fernb.train import fit
+from fernb.train import FitConfig, adam, fit
 
 SMALL = dict(width=0.125, hidden=(16, 16))
 
@@ -320,10 +320,10 @@ def test_fit_trains_the_network_with_maps_and_paired_augmentation():
     data = torch.utils.data.TensorDataset(x, labels, maps)
     net = RelevanceNet(image_size=48, n_classes=3, seed=0, **SMALL)
     before = net.facial_parts.head.weight.detach().clone()
-    history = fit(net, data, data, epochs=2, lr=1e-3, optimizer="adam", batch_size=4,
-                  forward="forward_with_map", loss_fn=RelevanceLoss("hybrid"),
-                  augment=RelevanceAugmentation(), schedule=PAPER_TRAINING.schedule(),
-                  device="cpu", progress=False)
+    history = fit(net, data, data, FitConfig(
+        epochs=2, optimizer=adam(1e-3), batch_size=4, forward="forward_with_map",
+        loss=RelevanceLoss("hybrid"), augment=RelevanceAugmentation(),
+        schedule=PAPER_TRAINING.schedule(), device="cpu"))
     frame = history.to_frame()
     assert len(frame) == 2 and np.isfinite(frame["train_loss"]).all()
     assert frame["lr"].iloc[-1] == pytest.approx(1e-3 * 0.99**2)

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import TensorDataset
 
 from fernb.ensemble import ScoreAverage, SoftmaxSum
@@ -18,7 +17,7 @@ from fernb.softlabels import (GAMMA_GRID, PAPER_SETTINGS, TABLE_1, TABLE_1_CLASS
                               diagonal_violations, normalize_rows, perturb, row_entropy,
                               restrict_soft_labels, select_gammas, soft_labels_from_model,
                               train_gamma_ensemble)
-from fernb.train import fit
+from fernb.train import FitConfig, Schedule, fit, sgd
 
 # Table 1 of the paper, transcribed again here (rows AN, DI, FE, HA, SA, SU, NE).
 PAPER_TABLE_1 = np.array([
@@ -218,16 +217,16 @@ def test_paper_settings():
     assert sfew.gammas == (1.6, 1.8, 2.0, 2.2, 2.4, 2.6) and sfew.n_members == 6
     assert raf.gammas == (1.8, 2.0, 2.2, 2.4, 2.6, 2.8) and raf.n_members == 6
     # 8000 iterations x 48 / 28,709 images = 13.4 epochs; the decay every 5000 = 8.4 epochs.
-    kwargs = fer.fit_kwargs(28_709)
-    assert (kwargs["epochs"], kwargs["lr"], kwargs["batch_size"], kwargs["momentum"],
-            kwargs["weight_decay"]) == (13, 0.01, 48, 0.9, 0.0005)
-    assert kwargs["schedule"].func is StepLR and kwargs["optimizer"] == "sgd"
-    assert kwargs["schedule"].keywords == {"step_size": 8, "gamma": 0.1}
-    assert sfew.fit_kwargs(958)["epochs"] == 25 and sfew.fit_kwargs(958)["schedule"] is None
-    raf_kwargs = raf.fit_kwargs(12_271)  # 23.5 epochs, decay every 11.7
-    assert raf_kwargs["epochs"] == 23 and raf_kwargs["schedule"].keywords["step_size"] == 12
+    config = fer.fit_config(28_709)
+    assert (config.epochs, config.lr, config.batch_size) == (13, 0.01, 48)
+    assert config.optimizer == sgd(0.01, momentum=0.9, weight_decay=0.0005)
+    assert config.schedule == Schedule("StepLR", step_size=8, gamma=0.1)
+    assert sfew.fit_config(958).epochs == 25 and sfew.fit_config(958).schedule is None
+    raf_config = raf.fit_config(12_271)  # 23.5 epochs, decay every 11.7
+    assert raf_config.epochs == 23 and raf_config.schedule.options["step_size"] == 12
+    assert fer.fit_config(28_709, device="cpu").device == "cpu"
     with pytest.raises(ValueError, match="n_train"):
-        fer.fit_kwargs(0)
+        fer.fit_config(0)
 
 
 def _toy_data(n: int = 24) -> TensorDataset:
@@ -237,42 +236,42 @@ def _toy_data(n: int = 24) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-FIT = {"epochs": 2, "lr": 0.1, "batch_size": 8, "device": "cpu", "progress": False}
+FIT = FitConfig(epochs=2, optimizer=sgd(0.1), batch_size=8, device="cpu", seed=5)
 D3 = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
 
 
 def test_gamma_ensemble_trains_each_member_on_its_perturbed_labels(tmp_path):
     data = _toy_data()
     model, histories = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [0.5, 1.0, 2.0], data,
-                                            seed=5, checkpoint_dir=tmp_path, **FIT)
+                                            None, FIT, checkpoint=tmp_path)
     out = model(data.tensors[0])
     assert out.shape == (24, 3, 3) and torch.isfinite(out).all() and len(histories) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "member_0_gamma_0.5", "member_1_gamma_1", "member_2_gamma_2"]
     with seeded(5, 1):  # member 1 by hand: its seed, its fit seed, gamma = 1
         alone = Members([nn.Linear(4, 3)])
-    fit(alone, data, loss_fn=SoftLabelLoss(perturb(D3, 1.0)), seed=derive_seed(5, "fit", 1),
-        **FIT)
+    fit(alone, data, None, FIT.replace(loss=SoftLabelLoss(perturb(D3, 1.0)),
+                                       seed=derive_seed(5, "fit", 1)))
     assert torch.allclose(alone(data.tensors[0])[:, 0], out[:, 1])
-    again, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [0.5, 1.0, 2.0], data, seed=5,
-                                    checkpoint_dir=tmp_path, **FIT)  # resumes: nothing left
+    again, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [0.5, 1.0, 2.0], data, None,
+                                    FIT, checkpoint=tmp_path)  # resumes: nothing left
     assert torch.equal(again(data.tensors[0]), out)
 
 
 def test_identical_start_leaves_gamma_the_only_difference():
     data = _toy_data()
-    same, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [1.5, 1.5], data,
-                                   identical_start=True, **FIT)
+    same, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [1.5, 1.5], data, None, FIT,
+                                   identical_start=True)
     out = same(data.tensors[0])
     assert torch.equal(out[:, 0], out[:, 1])
-    differ, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [0.5, 3.0], data,
-                                     identical_start=True, **FIT)
+    differ, _ = train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [0.5, 3.0], data, None, FIT,
+                                     identical_start=True)
     out = differ(data.tensors[0])
     assert not torch.allclose(out[:, 0], out[:, 1])
     with pytest.raises(ValueError, match="gammas is empty"):
-        train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [], data, **FIT)
+        train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [], data, None, FIT)
     with pytest.raises(ValueError, match="gamma must be a positive number"):
-        train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [1.0, 0.0], data, **FIT)
+        train_gamma_ensemble(lambda: nn.Linear(4, 3), D3, [1.0, 0.0], data, None, FIT)
 
 
 def test_restrict_soft_labels_to_another_datasets_classes_by_hand():

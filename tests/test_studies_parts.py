@@ -150,7 +150,7 @@ def test_an_incomplete_run_is_completed_from_its_checkpoints(data, results, tmp_
     calls = []
     real = study.train_members
     monkeypatch.setattr(study, "train_members",
-                        lambda *a, **k: calls.append(k["checkpoint_dir"].parent.name)
+                        lambda *a, **k: calls.append(k["checkpoint"].parent.name)
                         or real(*a, **k))
     again = run(*data, out)
     assert calls == ["wild-ftl"]

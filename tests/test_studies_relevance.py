@@ -150,7 +150,7 @@ def test_fold_study_resumes_without_training(lab, prep, monkeypatch) -> None:
     real_fit = study.fit
 
     def counting_fit(*args, **kwargs):
-        calls.append(kwargs["checkpoint_dir"])
+        calls.append(kwargs["checkpoint"])
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(study, "fit", counting_fit)

@@ -12,10 +12,15 @@ from fernb.data.datasets import FaceDataset
 from fernb.evaluate import predict
 from fernb.models import ESR, single_network
 from fernb.losses import member_cross_entropy, member_rmse
-from fernb.train import (balanced_subset, finetune_affect, fit, freeze, quadrants, resolve_device,
-                         train_bagging, train_esr)
+from fernb.device import resolve_device
+from fernb.train import (FitConfig, History, Optimizer, adam, balanced_subset, finetune_affect,
+                         fit, freeze, quadrants, sgd, train_bagging, train_esr)
 
-FAST = {"progress": False, "device": "cpu", "batch_size": 16}
+
+def cfg(epochs=1, lr=0.05, **changes):
+    """A small, fast training configuration on the CPU."""
+    return FitConfig(**{"epochs": epochs, "optimizer": sgd(lr), "device": "cpu",
+                        "batch_size": 16, **changes})
 
 
 def toy(n=48, size=48, seed=0):
@@ -73,7 +78,7 @@ def test_member_rmse():
 
 def test_fit_learns_and_records_history():
     model, data = small_esr(), toy()
-    history = fit(model, data, data, epochs=4, lr=0.05, **FAST)
+    history = fit(model, data, data, cfg(4))
     frame = history.to_frame()
     assert list(frame.index) == [1, 2, 3, 4]
     for col in ("train_loss", "train_acc_1", "train_acc_2", "train_acc_ens", "val_loss",
@@ -86,7 +91,7 @@ def test_fit_learns_and_records_history():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_best_validation_weights_are_restored(precision):
     model, data = small_esr(), toy()
-    history = fit(model, data, data, epochs=3, lr=0.05, precision=precision, **FAST)
+    history = fit(model, data, data, cfg(3, precision=precision))
     x, y = data.tensors
     logits = predict(model, x, device="cpu", precision=precision, batch_size=16)
     loss = member_cross_entropy(logits, y).item()
@@ -97,7 +102,7 @@ def test_freeze_keeps_weights_and_batchnorm_statistics():
     model, data = small_esr(), toy()
     freeze(model.base)
     base, branches = state(model.base), state(model.branches)
-    fit(model, data, epochs=1, lr=0.1, **FAST)
+    fit(model, data, None, cfg(lr=0.1))
     assert same(base, state(model.base))  # running_mean/var included
     assert not same(branches, state(model.branches))
 
@@ -109,8 +114,8 @@ def test_param_group_learning_rates_are_applied():
     member_cross_entropy(reference(x), y).backward()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     groups = [{"params": model.base, "lr": 0.001}, {"params": model.branches, "lr": 0.1}]
-    fit(model, data, epochs=1, lr=0.5, momentum=0.0, param_groups=groups, precision="fp32",
-        **{**FAST, "batch_size": 16})
+    fit(model, data, None, cfg(optimizer=sgd(0.5, momentum=0.0), precision="fp32"),
+        groups=groups)
     for (name, p), (_, ref) in zip(model.named_parameters(), reference.named_parameters()):
         lr = 0.001 if name.startswith("base.") else 0.1
         torch.testing.assert_close(before[name] - p.detach(), lr * ref.grad, rtol=1e-4, atol=1e-6)
@@ -119,7 +124,7 @@ def test_param_group_learning_rates_are_applied():
 def test_param_groups_must_cover_trainable_parameters():
     model = small_esr()
     with pytest.raises(ValueError, match="no param group"):
-        fit(model, toy(), epochs=1, lr=0.1, param_groups=[{"params": model.base}], **FAST)
+        fit(model, toy(), None, cfg(), groups=[{"params": model.base}])
 
 
 def random_flip(x, y):
@@ -129,13 +134,13 @@ def random_flip(x, y):
 
 def test_resume_equals_uninterrupted(tmp_path):
     data, val = toy(), toy(n=16, seed=1)
-    kwargs = dict(epochs=4, lr=0.05, augment=random_flip, **FAST)
+    config = cfg(4, augment=random_flip)
     straight = small_esr()
-    h_straight = fit(straight, data, val, checkpoint_dir=tmp_path / "a", **kwargs)
+    h_straight = fit(straight, data, val, config, checkpoint=tmp_path / "a")
     interrupted = small_esr()
-    fit(interrupted, data, val, checkpoint_dir=tmp_path / "b", **{**kwargs, "epochs": 2})
+    fit(interrupted, data, val, config.replace(epochs=2), checkpoint=tmp_path / "b")
     resumed = small_esr()  # a fresh process would rebuild the model from scratch
-    h_resumed = fit(resumed, data, val, checkpoint_dir=tmp_path / "b", **kwargs)
+    h_resumed = fit(resumed, data, val, config, checkpoint=tmp_path / "b")
     assert (tmp_path / "b" / "last.pt").exists()
     assert same(state(straight), state(resumed))
     assert h_resumed.to_frame().drop(columns="seconds").equals(
@@ -147,24 +152,28 @@ def test_nan_loss_names_epoch_and_batch():
     x = x.clone()
     x[0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1.*learning rate"):
-        fit(small_esr(), TensorDataset(x, y), epochs=1, lr=0.1, **{**FAST, "batch_size": 48})
+        fit(small_esr(), TensorDataset(x, y), None, cfg(lr=0.1, batch_size=48))
 
 
 def test_empty_and_wrong_data():
     empty = TensorDataset(torch.zeros(0, 1, 48, 48), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ValueError, match="train_data is empty"):
-        fit(small_esr(), empty, epochs=1, lr=0.1, **FAST)
+    with pytest.raises(ValueError, match="train is empty"):
+        fit(small_esr(), empty, None, cfg())
     with pytest.raises(TypeError, match="torch Dataset"):
-        fit(small_esr(), [(torch.zeros(1, 48, 48), 0)], epochs=1, lr=0.1, **FAST)
-    with pytest.raises(ValueError, match="optimizer"):
-        fit(small_esr(), toy(), epochs=1, lr=0.1, optimizer="lbfgs", **FAST)
+        fit(small_esr(), [(torch.zeros(1, 48, 48), 0)], None, cfg())
+    with pytest.raises(TypeError, match="optimizer must be"):
+        cfg(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="torch.optim has no class 'LBFGSX'"):
+        Optimizer("LBFGSX", lr=0.1)
+    with pytest.raises(ValueError, match="lr > 0"):
+        Optimizer("SGD", lr=0)
 
 
 def test_soft_labels_and_dataloader_and_adam():
     x, y = toy().tensors
     soft = 0.9 * F.one_hot(y, 2).float() + 0.05
-    history = fit(small_esr(), DataLoader(TensorDataset(x, soft), batch_size=16), epochs=2,
-                  lr=1e-3, optimizer="adam", progress=False, device="cpu")
+    history = fit(small_esr(), DataLoader(TensorDataset(x, soft), batch_size=16), None,
+                  cfg(2, optimizer=adam(1e-3)))
     assert len(history) == 2 and 0 <= history.to_frame().train_acc_ens.iloc[-1] <= 1
 
 
@@ -181,13 +190,13 @@ def face_dataset(n=24, target="label"):
 def test_face_dataset_input():
     data = face_dataset().with_options(channels=1)
     model = ESR(n_branches=2, width=0.25)
-    history = fit(model, data, data, epochs=1, lr=0.01, **FAST)
+    history = fit(model, data, data, cfg(lr=0.01))
     assert "val_acc_ens" in history.to_frame()
 
 
 def test_early_stopping_stops():
     model, data = small_esr(), toy(n=16)
-    history = fit(model, data, toy(n=16, seed=5), epochs=30, lr=0.5, early_stopping=1, **FAST)
+    history = fit(model, data, toy(n=16, seed=5), cfg(30, lr=0.5, early_stopping=1))
     assert len(history) < 30
 
 
@@ -196,8 +205,8 @@ def test_algorithm1_grows_branches_and_treats_trained_parts(strategy):
     model, data = small_esr(n_branches=1), toy()
     subsets = [np.arange(0, 32), np.arange(16, 48)]
     torch.manual_seed(0)
-    grown, histories = train_esr(model, data, subsets, data, strategy=strategy, epochs=2,
-                                 lr=0.05, lr_trained=0.01, **FAST)
+    grown, histories = train_esr(model, data, subsets, data, cfg(2), strategy=strategy,
+                                 lr_trained=0.01)
     assert len(grown.branches) == 2 and len(histories) == 2
     assert "train_acc_2" in histories[1].to_frame() and "train_acc_2" not in histories[0].to_frame()
 
@@ -209,19 +218,17 @@ def test_algorithm1_loss_sums_over_existing_branches():
         members.append(logits.shape[1])
         return member_cross_entropy(logits, targets)
 
-    train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, epochs=1, lr=0.05,
-              loss_fn=spy, **FAST)
+    train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, None, cfg(loss=spy))
     assert members == [1, 2, 3]  # one mini-batch per stage, eq. (1) over existing branches
 
 
 def test_algorithm1_frozen_through_train_esr():
     model, data = small_esr(n_branches=1), toy()
     torch.manual_seed(1)
-    grown, _ = train_esr(model, data, [np.arange(48)], strategy="frozen", epochs=1, lr=0.05,
-                         **FAST)
+    grown, _ = train_esr(model, data, [np.arange(48)], None, cfg(), strategy="frozen")
     base, b1 = state(grown.base), state(grown.branches[0])
-    grown2, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)],
-                          strategy="frozen", epochs=1, lr=0.05, **FAST)
+    grown2, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)], None,
+                          cfg(), strategy="frozen")
     # Stage 1 is identical (same seed), so after stage 2 the frozen parts must still match it.
     assert same(base, state(grown2.base)) and same(b1, state(grown2.branches[0]))
     assert not same(b1, state(grown2.branches[1]))
@@ -229,19 +236,18 @@ def test_algorithm1_frozen_through_train_esr():
 
 def test_algorithm1_varied_updates_earlier_branches():
     data = toy()
-    one, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48)], strategy="varied",
-                       epochs=1, lr=0.05, **FAST)
-    two, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)],
-                       strategy="varied", epochs=1, lr=0.05, **FAST)
+    one, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48)], None, cfg(),
+                       strategy="varied")
+    two, _ = train_esr(small_esr(n_branches=1), data, [np.arange(48), np.arange(48)], None,
+                       cfg(), strategy="varied")
     assert not same(state(one.branches[0]), state(two.branches[0]))
     assert not same(state(one.base), state(two.base))
 
 
 def test_interleaved_trains_one_branch_per_batch():
     model, data = small_esr(n_branches=1), toy(n=32)
-    grown, histories = train_esr(model, data, [np.arange(16), np.arange(16, 32)],
-                                 strategy="interleaved", epochs=1, lr=0.05,
-                                 **{**FAST, "batch_size": 32})
+    grown, histories = train_esr(model, data, [np.arange(16), np.arange(16, 32)], None,
+                                 cfg(batch_size=32), strategy="interleaved")
     assert len(grown.branches) == 2 and len(histories) == 1
 
 
@@ -253,9 +259,8 @@ def test_interleaved_step_moves_only_its_branch():
 
     def snapshot(epoch, m):
         snapshots.append({k.removeprefix("esr."): v.clone() for k, v in m.state_dict().items()})
-    _, (history,) = train_esr(model, data, [np.arange(16)] * 3, strategy="interleaved",
-                              epochs=1, lr=0.05, on_epoch_end=snapshot,
-                              **{**FAST, "batch_size": 16})
+    _, (history,) = train_esr(model, data, [np.arange(16)] * 3, None, cfg(),
+                              strategy="interleaved", on_epoch_end=snapshot)
     # One mini-batch per epoch; three subsets give the budget of three sequential stages.
     assert len(history) == 3
     start = {k: v for k, v in state(small_esr(n_branches=3)).items()}
@@ -286,8 +291,7 @@ def test_every_branch_starts_from_its_own_reproducible_weights(strategy, monkeyp
     def starts(seed):
         added.clear()
         model = ESR(level=3, n_branches=1, n_classes=2, width=0.25, seed=seed)
-        train_esr(model, toy(n=16), [np.arange(16)] * 4, strategy=strategy, epochs=1,
-                  lr=0.05, **FAST)
+        train_esr(model, toy(n=16), [np.arange(16)] * 4, None, cfg(), strategy=strategy)
         return [dict(a) for a in added]
 
     first, again, other = starts(0), starts(0), starts(1)
@@ -316,18 +320,18 @@ def test_esr_branches_start_like_the_traditional_ensemble_networks():
 
 
 def test_frozen_strategy_returns_a_trainable_model():
-    grown, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(48)] * 2,
-                         strategy="frozen", epochs=1, lr=0.05, **FAST)
+    grown, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(48)] * 2, None, cfg(),
+                         strategy="frozen")
     assert all(p.requires_grad for p in grown.parameters())
 
 
 def test_epochs_per_branch():
-    _, histories = train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3,
-                             epochs=[3, 1, 1], lr=0.05, **FAST)
+    _, histories = train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, None,
+                             cfg(), epochs=[3, 1, 1])
     assert [len(h) for h in histories] == [3, 1, 1]
     with pytest.raises(ValueError, match="one per branch"):
-        train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, epochs=[3, 1],
-                  lr=0.05, **FAST)
+        train_esr(small_esr(n_branches=1), toy(n=16), [np.arange(16)] * 3, None, cfg(),
+                  epochs=[3, 1])
 
 
 def test_fit_passes_several_targets_and_a_named_forward():
@@ -354,20 +358,20 @@ def test_fit_passes_several_targets_and_a_named_forward():
         seen.append((logits.shape, m.shape, labels.shape, target_map.shape))
         return member_cross_entropy(logits, labels) + (m - target_map).pow(2).mean()
 
-    history = fit(WithMap(), TensorDataset(x, y, maps), TensorDataset(x, y, maps), epochs=1,
-                  lr=0.05, loss_fn=loss, forward="forward_with_map", **FAST)
+    history = fit(WithMap(), TensorDataset(x, y, maps), TensorDataset(x, y, maps),
+                  cfg(loss=loss, forward="forward_with_map"))
     assert seen[0] == (torch.Size([16, 1, 2]), torch.Size([16, 1, 48, 48]),
                        torch.Size([16]), torch.Size([16, 1, 48, 48]))
     assert "val_acc_1" in history.to_frame()
     with pytest.raises(ValueError, match="no such method"):
-        fit(WithMap(), TensorDataset(x, y), epochs=1, lr=0.1, forward="nope", **FAST)
+        fit(WithMap(), TensorDataset(x, y), None, cfg(forward="nope"))
 
 
 def test_train_esr_arguments():
     with pytest.raises(ValueError, match="one branch"):
-        train_esr(small_esr(n_branches=2), toy(), [np.arange(8)], epochs=1, **FAST)
+        train_esr(small_esr(n_branches=2), toy(), [np.arange(8)], None, cfg())
     with pytest.raises(ValueError, match="strategy"):
-        train_esr(small_esr(n_branches=1), toy(), [np.arange(8)], strategy="x", epochs=1)
+        train_esr(small_esr(n_branches=1), toy(), [np.arange(8)], None, cfg(), strategy="x")
 
 
 def test_finetune_affect_trains_only_affect_heads():
@@ -376,7 +380,7 @@ def test_finetune_affect_trains_only_affect_heads():
     data = face_dataset(n=16, target="valence_arousal").with_options(channels=3)
     before = state(model)
     model, histories = finetune_affect(model, data, [np.arange(16), np.arange(8)], data,
-                                       epochs=1, **FAST)
+                                       cfg(lr=0.01))
     after = state(model)
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(".affect." in k for k in moved)
@@ -388,15 +392,15 @@ def test_train_bagging_trains_each_network_on_its_subset():
     torch.manual_seed(0)
     model, data = ESR(level=0, n_branches=2, n_classes=2, width=0.25), toy()
     before = state(model)
-    model, histories = train_bagging(model, data, [np.arange(24), np.arange(24, 48)],
-                                     epochs=1, lr=0.05, **FAST)
+    model, histories = train_bagging(model, data, [np.arange(24), np.arange(24, 48)], None,
+                                     cfg())
     assert len(histories) == 2 and all("train_acc_1" in h.to_frame() for h in histories)
     for k in range(2):
         prefix = f"branches.{k}."
         trained = {prefix + n: v for n, v in state(model.branches[k]).items()}
         assert not same({n: v for n, v in before.items() if n.startswith(prefix)}, trained)
     with pytest.raises(TypeError, match="level=0"):
-        train_bagging(small_esr(), data, [np.arange(8)] * 2, epochs=1)
+        train_bagging(small_esr(), data, [np.arange(8)] * 2, None, cfg())
 
 
 def test_balanced_subset():
@@ -419,18 +423,18 @@ def test_quadrants():
 @pytest.mark.parametrize("strategy, lr_base, lr_old", [
     ("fixed", 0.1, 0.1), ("varied", 0.1, 0.02), ("frozen", None, None)])
 def test_algorithm1_learning_rates_per_treatment(monkeypatch, strategy, lr_base, lr_old):
-    import fernb.train as train
+    import fernb.train.esr as algorithm
     seen = []
 
-    def spy(model, *args, param_groups=None, **kwargs):
-        seen.append({id(p): g["lr"] for g in param_groups for p in
+    def spy(model, *args, groups=None, **kwargs):
+        seen.append({id(p): g["lr"] for g in groups for p in
                      (g["params"].parameters() if isinstance(g["params"], torch.nn.Module)
                       else g["params"]) if p.requires_grad})
-        return train.History()
+        return History()
 
-    monkeypatch.setattr(train, "fit", spy)
-    model, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(8)] * 2,
-                         strategy=strategy, epochs=1, lr=0.1, lr_trained=0.02)
+    monkeypatch.setattr(algorithm, "fit", spy)
+    model, _ = train_esr(small_esr(n_branches=1), toy(), [np.arange(8)] * 2, None,
+                         cfg(lr=0.1), strategy=strategy, lr_trained=0.02)
     def rate(module):
         return {seen[1].get(id(p)) for p in module.parameters()}
 
@@ -442,7 +446,7 @@ def test_on_epoch_end_sees_every_epoch_and_the_model():
     model = single_network(n_classes=3, width=0.25)
     x, y = torch.rand(12, 1, 48, 48), torch.randint(0, 3, (12,))
     seen = []
-    fit(model, TensorDataset(x, y), epochs=3, lr=0.01, progress=False, device="cpu",
+    fit(model, TensorDataset(x, y), None, cfg(3, lr=0.01),
         on_epoch_end=lambda epoch, m: seen.append((epoch, m is model, m.training)))
     assert seen == [(1, True, True), (2, True, True), (3, True, True)]
 
@@ -451,15 +455,26 @@ def test_targets_out_of_range_are_named_on_the_first_batch():
     model = single_network(n_classes=3, width=0.25)
     x, y = torch.rand(8, 1, 48, 48), torch.full((8,), 5)
     with pytest.raises(ValueError, match=r"\[0, 2\].*n_classes"):
-        fit(model, TensorDataset(x, y), epochs=1, lr=0.01, progress=False, device="cpu")
+        fit(model, TensorDataset(x, y), None, cfg(lr=0.01))
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     x, y = torch.rand(12, 1, 48, 48), torch.randint(0, 3, (12,))
-    fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=1, lr=0.01,
-        progress=False, device="cpu", checkpoint_dir=tmp_path)
-    fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=2, lr=0.01,
-        progress=False, device="cpu", checkpoint_dir=tmp_path)  # same settings: resumes
+    data = TensorDataset(x, y)
+    history = fit(single_network(n_classes=3, width=0.25), data, None, cfg(1, lr=0.01),
+                  checkpoint=tmp_path)
+    resumed = fit(single_network(n_classes=3, width=0.25), data, None, cfg(2, lr=0.01),
+                  checkpoint=tmp_path)  # same settings, more epochs: resumes
+    assert resumed.epochs[0] == history.epochs[0] and len(resumed) == 2
     with pytest.raises(ValueError, match="other settings"):
-        fit(single_network(n_classes=3, width=0.25), TensorDataset(x, y), epochs=3, lr=0.1,
-            progress=False, device="cpu", checkpoint_dir=tmp_path)
+        fit(single_network(n_classes=3, width=0.25), data, None, cfg(3, lr=0.1),
+            checkpoint=tmp_path)
+
+
+def test_the_kept_epoch_is_the_best_by_the_selection_metric():
+    data, val = toy(), toy(n=16, seed=3)
+    history = fit(small_esr(), data, val, cfg(4, select="val_acc_ens", maximize=True))
+    frame = history.to_frame()
+    assert history.best_epoch == int(frame["val_acc_ens"].idxmax())
+    with pytest.raises(ValueError, match="select='val_f1' is not a history column"):
+        fit(small_esr(), data, val, cfg(select="val_f1"))

@@ -15,7 +15,7 @@ from fernb.landmarks import PARTS, subset_flip_permutation
 from fernb.losses import member_l1
 from fernb.models.parts import PartNetwork, part_ensemble
 from fernb.train import History
-from fernb.transfer import (TransferConfig, TransferResult, equalized, error_table,
+from fernb.transfer import (Runtime, TransferConfig, TransferResult, equalized, error_table,
                             expression_dataset, inputs, landmark_dataset, landmark_errors,
                             landmark_targets, paper_augmentation, train_direct, train_members,
                             train_transfer)
@@ -23,6 +23,8 @@ from fernb.transfer import (TransferConfig, TransferResult, equalized, error_tab
 SIZE = 16
 TINY = TransferConfig(landmark_epochs=2, head_epochs=1, finetune_epochs=2, direct_epochs=2,
                       batch_size=8, patience=None)
+
+CPU = Runtime(device="cpu")
 
 
 def faces(n: int = 12, seed: int = 0, landmarks: bool = True) -> FaceDataset:
@@ -166,22 +168,23 @@ def test_each_stage_trains_what_the_paper_says(monkeypatch):
         before = {k: state(net, k) for k in ("features", "landmark_head", "head")}
         history = real_fit(model, *args, **kwargs)
         after = {k: state(net, k) for k in ("features", "landmark_head", "head")}
-        group = kwargs["param_groups"][0]
+        config = args[2]
+        trainable = [p for p in model.parameters() if p.requires_grad]
         calls.append({"changed": {k for k in before if not same(before[k], after[k])},
-                      "lr": kwargs["lr"], "optimizer": kwargs["optimizer"],
-                      "eps": group["eps"], "betas": group["betas"],
-                      "n_params": len(group["params"]), "loss": kwargs.get("loss_fn"),
-                      "early": kwargs["early_stopping"], "batch": kwargs["batch_size"]})
+                      "lr": config.lr, "optimizer": config.optimizer.name,
+                      "eps": config.optimizer.options["eps"],
+                      "betas": config.optimizer.options["betas"],
+                      "n_params": len(trainable), "loss": config.loss,
+                      "early": config.early_stopping, "batch": config.batch_size})
         return history
 
     monkeypatch.setattr(transfer, "fit", spy)
     network = tiny("eyes")
-    result = train_transfer(network, faces(), faces(6, seed=1), config=TINY, progress=False,
-                            device="cpu")
+    result = train_transfer(network, faces(), faces(6, seed=1), config=TINY, runtime=CPU)
     assert [c["changed"] for c in calls] == [{"features", "landmark_head"}, {"head"},
                                              {"features", "head"}]
     assert [c["lr"] for c in calls] == [1e-2, 1e-2, 1e-4]
-    assert all(c["optimizer"] == "adam" and c["eps"] == 1e-7 and c["betas"] == (0.9, 0.999)
+    assert all(c["optimizer"] == "Adam" and c["eps"] == 1e-7 and c["betas"] == (0.9, 0.999)
                and c["batch"] == 8 and c["early"] is None for c in calls)
     assert calls[0]["loss"] is member_l1 and calls[1]["loss"] is None
     # conv weight + bias and BN weight + bias per unit: 8 units x 4 tensors = 32 in the
@@ -196,20 +199,19 @@ def test_each_stage_trains_what_the_paper_says(monkeypatch):
 def test_early_stopping_follows_the_config(monkeypatch):
     seen = []
     real_fit = transfer.fit
-    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(k["early_stopping"])
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(a[3].early_stopping)
                         or real_fit(*a, **k))
     config = TransferConfig(landmark_epochs=1, head_epochs=1, finetune_epochs=1, batch_size=8,
                             patience=3)
-    train_transfer(tiny(), faces(), faces(4, seed=1), config=config, progress=False,
-                   device="cpu")
-    train_transfer(tiny(), faces(), None, config=config, progress=False, device="cpu")
+    train_transfer(tiny(), faces(), faces(4, seed=1), config=config, runtime=CPU)
+    train_transfer(tiny(), faces(), None, config=config, runtime=CPU)
     assert seen == [3, 3, 3, None, None, None]
 
 
 def test_errors_are_those_of_the_stage_one_head_before_and_after(tmp_path):
     network, val = tiny("nose"), faces(6, seed=1)
-    result = train_transfer(network, faces(), val, config=TINY, checkpoint_dir=tmp_path,
-                            progress=False, device="cpu")
+    result = train_transfer(network, faces(), val, config=TINY, checkpoint=tmp_path,
+                            runtime=CPU)
     assert result.error_after == pytest.approx(landmark_errors(network, val))
     stage1 = torch.load(tmp_path / "landmarks" / "last.pt", weights_only=True)["best_state"]
     fresh = tiny("nose", seed=5)
@@ -228,10 +230,10 @@ def test_head_on_cached_features_is_the_head_on_the_frozen_extractor():
     # per-step path (an augmentation that changes nothing) gives the same network.
     cached, stepped = tiny("mouth"), tiny("mouth")
     identity = lambda part: (lambda x, y: (x, y))  # noqa: E731
-    a = train_transfer(cached, faces(), faces(6, seed=1), config=TINY, progress=False,
-                       device="cpu", precision="fp32")
+    a = train_transfer(cached, faces(), faces(6, seed=1), config=TINY,
+                       runtime=Runtime("cpu", "fp32"))
     b = train_transfer(stepped, faces(), faces(6, seed=1), config=TINY, augment=identity,
-                       progress=False, device="cpu", precision="fp32")
+                       runtime=Runtime("cpu", "fp32"))
     for key, value in cached.state_dict().items():
         torch.testing.assert_close(value, stepped.state_dict()[key], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.head.to_frame()["val_loss"], b.head.to_frame()["val_loss"],
@@ -243,18 +245,18 @@ def test_head_on_cached_features_is_the_head_on_the_frozen_extractor():
     built = []
     factory = lambda part: built.append(part) or identity(part)  # noqa: E731
     train_transfer(tiny("mouth"), faces(), None, config=replace(TINY, head_augment=False),
-                   augment=factory, progress=False, device="cpu")
+                   augment=factory, runtime=CPU)
     assert built == ["mouth", None]
 
 
 def test_rerun_resumes_from_the_stage_checkpoints(tmp_path):
     first = tiny("jaw")
     done = train_transfer(first, faces(), faces(6, seed=1), config=TINY,
-                          checkpoint_dir=tmp_path, progress=False, device="cpu")
+                          checkpoint=tmp_path, runtime=CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune", "head", "landmarks"]
     other = tiny("jaw", seed=9)  # other initial weights: only the checkpoints can agree
     again = train_transfer(other, faces(), faces(6, seed=1), config=TINY,
-                           checkpoint_dir=tmp_path, progress=False, device="cpu")
+                           checkpoint=tmp_path, runtime=CPU)
     assert same(first.state_dict(), other.state_dict())
     assert again.finetune.to_frame().equals(done.finetune.to_frame())
     assert again.error_before == done.error_before
@@ -263,24 +265,22 @@ def test_rerun_resumes_from_the_stage_checkpoints(tmp_path):
 def test_direct_training_of_the_baseline(monkeypatch):
     lrs = []
     real_fit = transfer.fit
-    monkeypatch.setattr(transfer, "fit", lambda *a, **k: lrs.append(k["lr"]) or real_fit(*a, **k))
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: lrs.append(a[3].lr) or real_fit(*a, **k))
     network = tiny(None)
-    history = train_direct(network, faces(), faces(6, seed=1), config=TINY, progress=False,
-                           device="cpu")
+    history = train_direct(network, faces(), faces(6, seed=1), config=TINY, runtime=CPU)
     assert isinstance(history, History) and len(history) == 2 and lrs == [1e-2]
 
 
 def test_train_members_of_each_kind(tmp_path):
     ftl = part_ensemble("ftl", n_networks=2, n_classes=7, width=0.125)
     results = train_members(ftl, faces(), faces(6, seed=1), config=TINY,
-                            checkpoint_dir=tmp_path, progress=False, device="cpu")
+                            checkpoint=tmp_path, runtime=CPU)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["member_1_full", "member_2_full"]
     table = error_table(results)
     assert table.index.names == ["member", "part"] and len(table) == 2 * 6
     np.testing.assert_allclose(table["change"], table["after"] - table["before"])
     baseline = part_ensemble("baseline", n_networks=2, n_classes=7, width=0.125)
-    histories = train_members(baseline, faces(), None, config=TINY, progress=False,
-                              device="cpu")
+    histories = train_members(baseline, faces(), None, config=TINY, runtime=CPU)
     assert all(isinstance(h, History) and len(h) == 2 for h in histories)
     with pytest.raises(ValueError, match="no TransferResult"):
         error_table(histories)
@@ -354,6 +354,6 @@ def test_training_with_the_papers_augmentation():
     network = tiny("eyebrows")
     result = train_transfer(network, faces(), faces(6, seed=1), config=TINY,
                             augment=functools.partial(paper_augmentation, SIZE),
-                            progress=False, device="cpu")
+                            runtime=CPU)
     assert np.isfinite(result.landmarks.to_frame()["train_loss"]).all()
     assert copy.deepcopy(network)(inputs(faces(2))).shape == (2, 1, 7)

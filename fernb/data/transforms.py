@@ -266,8 +266,12 @@ class BatchAugmentation:
             batch = warp_images(batch, matrices, padding_mode="zeros")
         return batch, targets
 
+    def spec(self) -> dict[str, Any]:
+        """What the augmentation does, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"augmentation": "BatchAugmentation", "kind": self.kind, "size": self.size}
+
     def __repr__(self) -> str:
-        return f"BatchAugmentation({self.kind!r})"
+        return f"BatchAugmentation({self.kind!r}, {self.size})"
 
 
 def _jitter(batch: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor
@@ -583,6 +587,12 @@ class PairedAugmentation:
         if role == "landmarks":
             return warp_points(_as_points(value), matrices).reshape(value.shape)
         return value
+
+    def spec(self) -> dict[str, Any]:
+        """What the augmentation does, for a stored run's key (:mod:`fernb.specs`)."""
+        return {"augmentation": type(self).__name__, "targets": self.targets,
+                "flip": self.flip, "warp": self.warp, "contrast": self.contrast,
+                "flip_permutation": self.flip_permutation.tolist()}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(targets={self.targets}, flip={self.flip}, "

@@ -14,7 +14,7 @@ Emotion Recognition", IEEE Access 6, 2018 (Sec. III, Fig. 4). Three components:
 architecture as the representation component"): representation and classification only,
 its e-blocks without the product. It has no ``forward_with_map`` and trains with plain
 cross-entropy. :class:`RelevanceNet` adds the facial-parts component; train it with
-``fit(..., forward="forward_with_map", loss_fn=fernb.losses.RelevanceLoss(...))``.
+``FitConfig(forward="forward_with_map", loss=fernb.losses.RelevanceLoss(...))``.
 
 The architecture table (Table 3) and the hyper-parameter grid (Table 2) are images missing
 from the text, so these are this book's choices, each a keyword argument:
@@ -71,10 +71,9 @@ prints.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -85,6 +84,7 @@ from torch import nn
 from fernb.landmarks import heatmap
 from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
+from fernb.train.optim import Schedule
 
 PADDINGS = ("same", "valid")
 MAP_ACTIVATIONS = ("linear", "sigmoid")
@@ -114,9 +114,10 @@ class TrainingSettings:
     val_fraction: float = 0.2         # of each training split, subject-independent
     finetune_epochs: int = 25         # SFEW after FER-2013 pre-training, "~25" (Sec. IV-E)
 
-    def schedule(self) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
-        """``fit(schedule=...)``: multiply the learning rate by ``lr_decay`` every epoch."""
-        return partial(torch.optim.lr_scheduler.ExponentialLR, gamma=self.lr_decay)
+    def schedule(self) -> Schedule:
+        """``FitConfig(schedule=...)``: multiply the learning rate by ``lr_decay`` every
+        epoch."""
+        return Schedule("ExponentialLR", gamma=self.lr_decay)
 
 
 PAPER_TRAINING = TrainingSettings()

@@ -24,7 +24,7 @@ from fernb.evaluate import accuracy, per_class_recall, predict, top_confusions
 from fernb.figures import image_grid
 from fernb.models.esr import single_network
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Device, Range, Rules, relation)
-from fernb.train import History, fit
+from fernb.train import FitConfig, History, fit, sgd
 
 PARAMETERS = Rules(
     values={
@@ -57,16 +57,18 @@ class Calibration:
 
 
 def calibrate(data: FaceDataset, *, width: float, epochs: int, lr: float, batch_size: int,
-              seed: int, device: str = "auto") -> Calibration:
+              seed: int, device: str = "auto", precision: str = "auto") -> Calibration:
     """Train the single network on a subject-independent split (20 % of subjects test, 15 %
-    validation; :func:`fernb.data.splits.holdout`), keeping the epoch with the lowest
-    validation loss, and predict the test subjects."""
+    validation; :func:`fernb.data.splits.holdout`) with SGD (momentum 0.9), keeping the
+    epoch with the lowest validation loss, and predict the test subjects."""
     split = holdout(data.labels, data.subjects, val_fraction=0.15, test_fraction=0.2, seed=seed)
     model = single_network(n_classes=data.n_classes, width=width, seed=seed)
-    history = fit(model, data.subset(split.train), data.subset(split.val), epochs=epochs, lr=lr,
-                  batch_size=batch_size, device=device, seed=seed, progress=False)
+    config = FitConfig(epochs=epochs, optimizer=sgd(lr), batch_size=batch_size, device=device,
+                       precision=precision, seed=seed)
+    history = fit(model, data.subset(split.train), data.subset(split.val), config)
     test = data.subset(split.test)
-    return Calibration(predict(model, test, device=device), test.labels, history, data.classes)
+    return Calibration(predict(model, test, device=device, precision=precision), test.labels,
+                       history, data.classes)
 
 
 def calibration_table(calibrations: dict[str, Calibration]) -> pd.DataFrame:

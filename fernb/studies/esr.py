@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,8 @@ from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, DatasetName, Device,
                           ListOf, MappingOf, Range, Rules, dataset_rules, relation)
 from fernb.report import Claim
-from fernb.train import (STRATEGIES, History, balanced_subset, finetune_affect, fit, quadrants,
-                         train_bagging, train_esr)
+from fernb.train import (STRATEGIES, FitConfig, History, Schedule, balanced_subset,
+                         finetune_affect, fit, quadrants, sgd, train_bagging, train_esr)
 
 LAB_DATASETS = ("synth-lab", "synth-wild", "ckplus", "jaffe", "folder")
 # In-the-wild sets for ESR-9; the affect fine-tuning runs where they have valence/arousal.
@@ -144,7 +143,7 @@ class Config:
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> Config:
         """The settings from the chapter's parameters."""
-        return cls(**{f: params[f] for f in cls.__dataclass_fields__})
+        return cls(**{f: params[f] for f in cls.__dataclass_fields__ if f in params})
 
     epochs: int
     lr: float = 0.1
@@ -155,6 +154,7 @@ class Config:
     n_train_folds: int = 4
     augment: str = "esr"
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
 
@@ -258,32 +258,31 @@ def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split, config:
     seed = config.seed * 1000 + run.trial
     bags = leave_one_fold_out(split, folds)
     val = data.subset(split.val)
-    common = dict(batch_size=config.batch_size, device=config.device, seed=config.seed,
-                  progress=False, augment=BatchAugmentation(config.augment, data.image_size[0]),
-                  schedule=partial(torch.optim.lr_scheduler.StepLR, step_size=config.lr_step,
-                                   gamma=0.5) if config.lr_step else None)
+    fit_config = FitConfig(
+        epochs=config.epochs, optimizer=sgd(config.lr), batch_size=config.batch_size,
+        device=config.device, precision=config.precision, seed=config.seed,
+        augment=BatchAugmentation(config.augment, data.image_size[0]),
+        schedule=Schedule("StepLR", step_size=config.lr_step, gamma=0.5)
+        if config.lr_step else None)
     n = data.n_classes
     if run.model == "single":
         model = single_network(n_classes=n, width=config.width, seed=seed)
-        return model, [fit(model, data.subset(split.train), val, epochs=config.epochs,
-                           lr=config.lr, checkpoint_dir=out / "ckpt", **common)]
+        return model, [fit(model, data.subset(split.train), val, fit_config,
+                           checkpoint=out / "ckpt")]
     if run.model == "TE":
         model = traditional_ensemble(n_networks=len(bags), n_classes=n, width=config.width,
                                      seed=seed)
         if hook is not None:
             hook.esr = model
-            common["on_epoch_end"] = hook
-        return train_bagging(model, data, bags, val, epochs=config.epochs, lr=config.lr,
-                             checkpoint_dir=out / "ckpt", **common)
+        return train_bagging(model, data, bags, val, fit_config, checkpoint=out / "ckpt",
+                             on_epoch_end=hook)
     model = ESR(arch="lab", level=run.level, n_branches=1, n_classes=n, width=config.width,
                 seed=seed)
     if hook is not None:
         hook.esr = model
-        common["on_epoch_end"] = hook
-    return train_esr(model, data, bags, val, strategy=run.strategy, epochs=config.epochs,
-                     lr=config.lr, lr_trained=config.lr_trained,
-                     init="fresh" if run.init == "own" else "same",
-                     checkpoint_dir=out / "ckpt", **common)
+    return train_esr(model, data, bags, val, fit_config, strategy=run.strategy,
+                     lr_trained=config.lr_trained, init="fresh" if run.init == "own" else "same",
+                     checkpoint=out / "ckpt", on_epoch_end=hook)
 
 
 def _complete(out: Path, run: Run, needed_maps: Sequence[str]) -> dict | None:
@@ -357,7 +356,8 @@ def run_study(data: FaceDataset, folds: np.ndarray, runs: Sequence[Run], config:
                 hook = _Milestones(imgs, tgts.numpy(), milestones)
             split = trials[run.trial]
             model, hist = _train(run, data, folds, split, config, out, hook)
-            test_logits = predict(model, data.subset(split.test), device=config.device).numpy()
+            test_logits = predict(model, data.subset(split.test), device=config.device,
+                                  precision=config.precision).numpy()
             test_labels = data.labels[split.test]
             for i, h in enumerate(hist, start=1):
                 atomic_write_text(out / f"history_{i}.csv", h.to_frame().to_csv())
@@ -569,8 +569,9 @@ class WildConfig:
         seed)."""
         names = {"n_branches": "wild_branches", "per_class": "wild_per_class",
                  "affect_epochs": "affect_epochs", "batch_size": "batch_size",
-                 "device": "device", "seed": "seed"}
-        return cls(**{f: params[names.get(f, f"wild_{f}")] for f in cls.__dataclass_fields__})
+                 "device": "device", "precision": "precision", "seed": "seed"}
+        return cls(**{f: params[names.get(f, f"wild_{f}")] for f in cls.__dataclass_fields__
+                      if names.get(f, f"wild_{f}") in params})
 
     n_branches: int = 9
     width: float = 1.0
@@ -584,6 +585,7 @@ class WildConfig:
     affect_epochs: int = 20
     batch_size: int = 32
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
 
@@ -611,16 +613,16 @@ def run_wild(data: FaceDataset, config: WildConfig, out_dir: str | Path) -> Wild
                for b in range(config.n_branches)]
     esr9 = ESR(arch="wild", n_branches=1, n_classes=train.n_classes, width=config.width,
                seed=config.seed)
-    common = dict(batch_size=config.batch_size, device=config.device, seed=config.seed,
-                  progress=False)
-    esr9, _ = train_esr(esr9, train, subsets, val, strategy="varied",
+    fit_config = FitConfig(epochs=config.epochs, optimizer=sgd(config.lr),
+                           batch_size=config.batch_size, device=config.device,
+                           precision=config.precision, seed=config.seed)
+    esr9, _ = train_esr(esr9, train, subsets, val, fit_config.replace(
+                            schedule=Schedule("StepLR", step_size=config.lr_step, gamma=0.5),
+                            augment=BatchAugmentation(config.augment, train.image_size[0])),
+                        strategy="varied",
                         epochs=[config.epochs_first] + [config.epochs] * (config.n_branches - 1),
-                        lr=config.lr, lr_trained=config.lr_trained,
-                        schedule=partial(torch.optim.lr_scheduler.StepLR,
-                                         step_size=config.lr_step, gamma=0.5),
-                        augment=BatchAugmentation(config.augment, train.image_size[0]),
-                        checkpoint_dir=out_dir / "emotion", **common)
-    logits = predict(esr9, test, device=config.device)
+                        lr_trained=config.lr_trained, checkpoint=out_dir / "emotion")
+    logits = predict(esr9, test, device=config.device, precision=config.precision)
     members = accuracy_table(logits, test.labels, rules=("plurality",),
                              member_names=[f"branch {b + 1}" for b in range(config.n_branches)])
     members = members.assign(accuracy=lambda d: (100 * d["accuracy"]).round(1))
@@ -630,9 +632,11 @@ def run_wild(data: FaceDataset, config: WildConfig, out_dir: str | Path) -> Wild
                                         seed=config.seed + b) for b in range(config.n_branches)]
     esr9, _ = finetune_affect(esr9, train.with_options(target="valence_arousal"),
                               quadrant_subsets, val.with_options(target="valence_arousal"),
-                              epochs=config.affect_epochs, lr=0.01, lr_trained=0.001,
-                              checkpoint_dir=out_dir / "affect", **common)
-    affect = predict(esr9, test, device=config.device, output="forward_affect")
+                              fit_config.replace(epochs=config.affect_epochs,
+                                                 optimizer=sgd(0.01)),
+                              lr_trained=0.001, checkpoint=out_dir / "affect")
+    affect = predict(esr9, test, device=config.device, precision=config.precision,
+                     output="forward_affect")
     rows = {"ESR-9 (mean of branches)": rmse(affect, test.valence_arousal)}
     rows |= {f"branch {m + 1}": rmse(affect[:, m], test.valence_arousal)
              for m in range(affect.shape[1])}

@@ -59,7 +59,7 @@ from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint,
                           Device, ListOf, Range, Rules, Unused, dataset_rules, relation)
 from fernb.report import Claim
 from fernb.seeding import derive_seed, seeded
-from fernb.train import fit
+from fernb.train import FitConfig, Schedule, adam, fit, sgd
 
 DATASETS = ("synth-wild", "synth-lab", "rafdb", "affectnet", "folder")
 PRETRAIN_DATASET = "synth-lab"
@@ -247,6 +247,7 @@ class Config:
     class_weighted: bool = False
     augment: str = "flip"
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -367,12 +368,13 @@ class _Trainer:
         c = self.config
         augment = None if c.augment == "none" else BatchAugmentation(c.augment,
                                                                      self.data.image_size)
-        run = train_two_phase(net, self.data.train, None, phases=c.phases,
-                              optimizer="adam", checkpoint_dir=out / "ckpt",
-                              loss_fn=self.loss(), batch_size=c.batch_size, device=c.device,
-                              seed=derive_seed(c.seed, "train", self.replicate, name),
-                              progress=False, augment=augment)
-        logits = predict(net, self.data.test, device=c.device).numpy()
+        fit_config = FitConfig(epochs=1, optimizer=adam(c.lr1), loss=self.loss(),
+                               batch_size=c.batch_size, augment=augment, device=c.device,
+                               precision=c.precision,
+                               seed=derive_seed(c.seed, "train", self.replicate, name))
+        run = train_two_phase(net, self.data.train, None, fit_config, phases=c.phases,
+                              checkpoint=out / "ckpt")
+        logits = predict(net, self.data.test, device=c.device, precision=c.precision).numpy()
         frame = run.to_frame()
         atomic_write_text(out / "history.csv", frame.to_csv())
         atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -429,13 +431,14 @@ def _pretrain(arch: str, lab: Splits, config: Config, folder: Path) -> tuple[str
         net = _build(model, len(lab.classes), config.width)
     augment = None if config.augment == "none" else BatchAugmentation(config.augment,
                                                                       lab.image_size)
-    history = fit(net, lab.train, None, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
-                  optimizer="sgd", weight_decay=5e-4, batch_size=config.batch_size,
-                  schedule=partial(torch.optim.lr_scheduler.CosineAnnealingLR,
-                                   T_max=config.pretrain_epochs),
-                  device=config.device, seed=derive_seed(config.seed, "pretrain", arch),
-                  checkpoint_dir=out / "ckpt", progress=False, augment=augment)
-    logits = predict(net, lab.test, device=config.device).numpy()
+    history = fit(net, lab.train, None, FitConfig(
+        epochs=config.pretrain_epochs, optimizer=sgd(config.pretrain_lr, weight_decay=5e-4),
+        batch_size=config.batch_size,
+        schedule=Schedule("CosineAnnealingLR", T_max=config.pretrain_epochs),
+        device=config.device, precision=config.precision,
+        seed=derive_seed(config.seed, "pretrain", arch), augment=augment),
+        checkpoint=out / "ckpt")
+    logits = predict(net, lab.test, device=config.device, precision=config.precision).numpy()
     atomic_savez(out / "test.npz", logits=logits, labels=lab.test.labels)
     atomic_torch_save({k: v.detach().cpu() for k, v in net.net.state_dict().items()}, weights)
     atomic_write_json(out / "result.json", {

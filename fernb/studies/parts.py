@@ -69,8 +69,9 @@ from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint,
 from fernb.report import Claim
 from fernb.seeding import derive_seed
 from fernb.train import History
-from fernb.transfer import (TransferConfig, TransferResult, equalized, inputs, landmark_errors,
-                            paper_augmentation, predict_landmarks, train_members)
+from fernb.transfer import (Runtime, TransferConfig, TransferResult, equalized, inputs,
+                            landmark_errors, paper_augmentation, predict_landmarks,
+                            train_members)
 
 LAB_DATASETS = ("synth-lab", "ckplus", "jaffe", "folder")
 WILD_DATASETS = ("synth-wild", "sfew", "rafdb", "folder")
@@ -186,6 +187,7 @@ class Config:
     augment: str = "paper"
     head_augment: bool = True
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -302,14 +304,15 @@ def _fit_run(run: Run, data: FaceDataset, split: Split, config: Config, out: Pat
     model = build(run, config, train.n_classes)
     augment = (functools.partial(paper_augmentation, train.image_size[0])
                if config.augment == "paper" else None)
+    run_on = dict(device=config.device, precision=config.precision)
     trained = train_members(model, train, val, config=config.transfer(run.protocol),
-                            checkpoint_dir=out / "ckpt", augment=augment, seed=config.seed,
-                            device=config.device, progress=False)
-    test_logits = predict(model, inputs(test), device=config.device).numpy()  # (N, M, C)
+                            checkpoint=out / "ckpt", augment=augment, seed=config.seed,
+                            runtime=Runtime(**run_on))
+    test_logits = predict(model, inputs(test), **run_on).numpy()  # (N, M, C)
     atomic_savez(out / "test.npz", logits=test_logits, labels=test.labels)
     if cross is not None:
-        atomic_savez(out / "cross.npz", logits=predict(model, cross[0], device=config.device)
-                  .numpy(), labels=cross[1])
+        atomic_savez(out / "cross.npz", logits=predict(model, cross[0], **run_on).numpy(),
+                     labels=cross[1])
     atomic_torch_save({"final": _cpu(model.state_dict()),
                        "stage1": [_cpu(r.landmark_state) if isinstance(r, TransferResult)
                                   else {} for r in trained]}, out / "model.pt")

@@ -72,7 +72,7 @@ from fernb.models.relevance import MAP_ACTIVATIONS, BaselineCNN, RelevanceNet, t
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
                           Device, ListOf, Range, Relation, Rules, dataset_rules, relation)
 from fernb.report import Claim
-from fernb.train import History, fit
+from fernb.train import FitConfig, History, Schedule, adam, fit
 
 VARIANTS = ("baseline", "fully", "sparsity", "contiguity", "weakly", "hybrid")
 LABELS = {"baseline": "Baseline CNN", "fully": "Fully supervised (eq. 4)",
@@ -195,6 +195,7 @@ class Config:
     map_activation: str = "linear"
     val_fraction: float = 0.2
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
 
     def loss(self, run: Run) -> RelevanceLoss | None:
@@ -215,8 +216,7 @@ class Config:
         model = BaselineCNN(**common) if variant == "baseline" else \
             RelevanceNet(map_activation=self.map_activation,
                          map_start=0.5 if self.map_activation == "sigmoid" else 1.0, **common)
-        # Channels-last convolutions: about twice as fast on a CPU for these thin layers.
-        return model.to(memory_format=torch.channels_last)
+        return model
 
     def augmentation(self, with_maps: bool) -> RelevanceAugmentation | None:
         """Eq. (8) then eq. (9) on every training batch, moving the target maps along;
@@ -382,21 +382,25 @@ def _train(model: nn.Module, run: Run, prep: Prepared, split: Split, config: Con
     if with_maps and prep.maps is None:
         raise ValueError(f"variant {run.variant!r} needs target maps (eq. 4) but {prep.name} "
                          f"has no landmarks")
-    kwargs: dict[str, Any] = {} if loss is None else {"loss_fn": loss,
+    kwargs: dict[str, Any] = {} if loss is None else {"loss": loss,
                                                       "forward": "forward_with_map"}
-    return fit(model, _dataset(prep, split.train, with_maps), _dataset(prep, split.val, with_maps),
-               epochs=epochs, lr=config.lr, optimizer="adam", weight_decay=config.weight_decay,
-               schedule=lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, config.lr_decay),
-               batch_size=config.batch_size, device=config.device, seed=config.seed,
-               early_stopping=config.patience or None, progress=False,
-               augment=config.augmentation(with_maps), checkpoint_dir=ckpt, **kwargs)
+    fit_config = FitConfig(
+        epochs=epochs, optimizer=adam(config.lr, weight_decay=config.weight_decay),
+        schedule=Schedule("ExponentialLR", gamma=config.lr_decay),
+        batch_size=config.batch_size, device=config.device, precision=config.precision,
+        seed=config.seed, early_stopping=config.patience or None,
+        augment=config.augmentation(with_maps), **kwargs)
+    return fit(model, _dataset(prep, split.train, with_maps),
+               _dataset(prep, split.val, with_maps), fit_config, checkpoint=ckpt)
 
 
 def _score(model: nn.Module, variant: str, prep: Prepared, test: np.ndarray,
-           show: np.ndarray, device: str) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
+           show: np.ndarray, config: Config
+           ) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
     """Test logits, per-image map scores and the shown faces' maps of one trained model."""
     x = prep.x[test]
-    logits = predict(model, x, device=device).numpy()  # (N, 1, C)
+    run = dict(device=config.device, precision=config.precision)
+    logits = predict(model, x, **run).numpy()  # (N, 1, C)
     rows: dict[str, np.ndarray] = {"index": test, "label": prep.labels[test],
                                    "pred": to_predictions(logits)}
     param = next(model.parameters())
@@ -404,7 +408,7 @@ def _score(model: nn.Module, variant: str, prep: Prepared, test: np.ndarray,
                   targets=prep.labels[test].tolist())  # (N, H, W) in [0, 1]
     relevance = None
     if variant != "baseline":
-        signed = predict(model, x, device=device, output="forward_with_map")[1][:, 0].numpy()
+        signed = predict(model, x, output="forward_with_map", **run)[1][:, 0].numpy()
         relevance = np.abs(signed)  # (N, H, W): eq. (6)'s |x_hat|, what the scores weigh
         rows["map_l1"] = relevance.mean(axis=(1, 2))
         if prep.maps is not None:
@@ -541,7 +545,7 @@ def run_folds(prep: Prepared, splits: Sequence[Split], runs: Sequence[Run], conf
             history = _train(model, run, prep, split, config, config.epochs, out / "ckpt")
             seconds = time.perf_counter() - start
             logits, scores, shown = _score(model, run.variant, prep, split.test, show[run.fold],
-                                           config.device)
+                                           config)
             result = _store(out, run, history, logits, scores, shown, seconds)
         _load(out, result, store)
     return _results(store, show, prep, config)
@@ -611,7 +615,7 @@ def run_transfer(source: Prepared, target: Prepared, splits: Sequence[Split],
                 history = _train(model, run, target, split, config, config.epochs, out / "ckpt")
                 seconds = time.perf_counter() - start
                 logits, scores, shown = _score(model, variant, target, split.test, show[k],
-                                               config.device)
+                                               config)
                 result = _store(out, run, history, logits, scores, shown, seconds)
             _load(out, result, store)
     return _results(store, show, target, config)

@@ -52,7 +52,6 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +82,7 @@ from fernb.seeding import derive_seed, seeded
 from fernb.softlabels import (TABLE_1, TABLE_1_CLASSES, Violation, compare_soft_labels,
                               construct_soft_labels, diagonal_violations, normalize_rows, perturb,
                               restrict_soft_labels, row_entropy, select_gammas)
-from fernb.train import fit
+from fernb.train import FitConfig, Schedule, adam, fit, sgd
 
 DATASETS = ("synth-lab", "synth-wild", "fer2013", "sfew", "rafdb", "folder")
 FINETUNE = ("all", "top")
@@ -214,6 +213,7 @@ class Config:
     repeats: int = 1
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE:
@@ -347,13 +347,15 @@ class VGGBase(nn.Module):
         return self.blocks(self.prepare(x))  # (B, 8 * 64 * width, H / 16, W / 16)
 
 
-def _fit_kwargs(config: Config, epochs: int) -> dict[str, Any]:
+def _fit_config(config: Config, epochs: int, **changes: Any) -> FitConfig:
     step = round(config.lr_decay_at * epochs)
-    schedule = (partial(StepLR, step_size=max(1, step), gamma=0.1)
+    schedule = (Schedule("StepLR", step_size=max(1, step), gamma=0.1)
                 if config.lr_decay_at < 1 and step < epochs else None)
-    return dict(epochs=epochs, lr=config.lr, optimizer=config.optimizer, momentum=MOMENTUM,
-                weight_decay=WEIGHT_DECAY, batch_size=config.batch_size, schedule=schedule,
-                device=config.device, progress=False)
+    optimizer = (sgd(config.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+                 if config.optimizer == "sgd" else adam(config.lr, weight_decay=WEIGHT_DECAY))
+    return FitConfig(epochs=epochs, optimizer=optimizer, batch_size=config.batch_size,
+                     schedule=schedule, device=config.device, precision=config.precision,
+                     **changes)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
@@ -420,11 +422,13 @@ def _constructor(data: FaceDataset, s: Split, config: Config,
         _restart(out)
         t0 = time.perf_counter()
         augment = BatchAugmentation(config.augment, config.image_size)
-        fit(net, data.subset(s.train), seed=config.seed, checkpoint_dir=out / "ckpt",
-            augment=None if config.augment == "none" else augment,
-            **_fit_kwargs(config, epochs))
-        val = predict(net, data.subset(s.val), device=config.device)[:, 0].numpy()
-        test = predict(net, data.subset(s.test), device=config.device)[:, 0].numpy()
+        fit(net, data.subset(s.train), None, _fit_config(
+            config, epochs, seed=config.seed,
+            augment=None if config.augment == "none" else augment), checkpoint=out / "ckpt")
+        val = predict(net, data.subset(s.val), device=config.device,
+                      precision=config.precision)[:, 0].numpy()
+        test = predict(net, data.subset(s.test), device=config.device,
+                       precision=config.precision)[:, 0].numpy()
         atomic_torch_save(net.state_dict(), out / "network.pt")
         atomic_savez(out / "predictions.npz", val=val, test=test)
         result = {"dataset": data.name, "classes": list(data.classes),
@@ -640,8 +644,9 @@ class _Inputs:
     n_classes: int
 
 
-def _features(base: nn.Module, data: FaceDataset, device: str) -> torch.Tensor:
-    return predict(base, data, device=device, batch_size=256)  # (N, K, h, w)
+def _features(base: nn.Module, data: FaceDataset, config: Config) -> torch.Tensor:
+    return predict(base, data, device=config.device, precision=config.precision,
+                   batch_size=256)  # (N, K, h, w)
 
 
 def inputs(data: FaceDataset, soft: SoftLabels, config: Config) -> _Inputs:
@@ -661,7 +666,7 @@ def inputs(data: FaceDataset, soft: SoftLabels, config: Config) -> _Inputs:
         raise ValueError(f"finetune='top' would store {n_bytes / 1024**3:.1f} GiB of features "
                          f"for {len(data)} images at {config.image_size} px; use "
                          f"finetune='all' (or a smaller image_size or width)")
-    tensors = [TensorDataset(_features(base, p, config.device).cpu(),
+    tensors = [TensorDataset(_features(base, p, config).cpu(),
                              torch.as_tensor(p.labels)) for p in parts]
     return _Inputs(*tensors, data.n_classes)
 
@@ -689,10 +694,11 @@ def _member(x: _Inputs, d: np.ndarray | None, config: Config,
     images = isinstance(x.train, FaceDataset)
     augment = (BatchAugmentation(config.augment, config.image_size)
                if images and config.augment != "none" else None)
-    history = fit(net, x.train, loss_fn=None if d is None else SoftLabelLoss(d),
-                  seed=derive_seed(seed, "fit", k), checkpoint_dir=out / "ckpt",
-                  augment=augment, **_fit_kwargs(config, config.epochs))
-    logits = {part: predict(net, getattr(x, part), device=config.device)[:, 0].numpy()
+    history = fit(net, x.train, None, _fit_config(
+        config, config.epochs, loss=None if d is None else SoftLabelLoss(d),
+        seed=derive_seed(seed, "fit", k), augment=augment), checkpoint=out / "ckpt")
+    logits = {part: predict(net, getattr(x, part), device=config.device,
+                            precision=config.precision)[:, 0].numpy()
               for part in ("val", "test")}
     atomic_savez(out / "logits.npz", **logits)
     result = {"seconds": round(time.perf_counter() - t0, 2),
