@@ -106,6 +106,11 @@ def test_observations_and_order_on_hand_made_matrices() -> None:
     assert table.loc["fear", "share named (%)"] == 20
     assert table.loc["anger", "holds"] == "no"
     assert study.order_kept(TABLE_1.to_numpy(), [0.4, 1.0, 2.8])
+    # A dataset without the remarked classes (e.g. a folder of other expressions): no rows.
+    three = ["neutral", "happiness", "surprise"]
+    none = study.observations(pd.DataFrame(np.eye(3) * 100, index=three, columns=three))
+    assert none.empty and none.index.name == "true class"
+    assert list(none.columns) == list(table.columns)
 
 
 def test_a_dataset_without_validation_part_gives_a_fifth_of_training_to_it() -> None:
