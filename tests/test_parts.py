@@ -11,7 +11,6 @@ from fernb.complexity import (conv_flops_formula, count_keras_parameters, count_
                               flops, flops_per_layer, storage_mb)
 from fernb.ensemble import SoftmaxSum
 from fernb.explain import branch_maps
-from fernb.landmarks import PARTS
 from fernb.models.members import Members
 from fernb.models.parts import (ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, complexity_summary,
                                 expression_network, normalise_landmarks, paper_layers,
@@ -270,8 +269,14 @@ def test_ensembles_of_five():
     el = part_ensemble("el", width=0.125, n_classes=8)
     assert isinstance(el, Members) and len(el) == 5
     assert [n.part for n in el.networks] == ["eyebrows", "eyes", "nose", "mouth", "jaw"]
-    assert [n.indices for n in el.networks] == [PARTS[p] for p in ENSEMBLE_PARTS]
-    assert [n.part for n in part_ensemble("ftl", width=0.125).networks] == ["full"] * 5
+    # iBUG 300-W 68-point layout, 0-based: brows 17-26, eyes 36-47, nose 27-35, mouth 48-67,
+    # jaw 0-16.
+    assert [n.indices for n in el.networks] == [
+        tuple(range(17, 27)), tuple(range(36, 48)), tuple(range(27, 36)), tuple(range(48, 68)),
+        tuple(range(0, 17))]
+    ftl = part_ensemble("ftl", width=0.125).networks
+    assert [n.part for n in ftl] == ["full"] * 5
+    assert [n.indices for n in ftl] == [tuple(range(68))] * 5
     assert [n.part for n in part_ensemble("baseline", width=0.125).networks] == [None] * 5
     x = torch.rand(2, 3, 32, 32)
     logits = el(x)
