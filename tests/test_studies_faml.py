@@ -127,8 +127,10 @@ def test_tiny_study_trains_every_model_and_resumes(tiny) -> None:
         np.testing.assert_array_equal(again.logits[key], z)
 
 
-def test_tiny_study_refuses_a_folder_of_other_settings(tiny) -> None:
-    data, lab, config, out = tiny
-    (out / "config.json").write_text('{"width": 1.0}')
+def test_tiny_study_refuses_a_folder_of_other_settings(tiny, tmp_path: Path) -> None:
+    data, lab, config, _ = tiny
+    (tmp_path / "config.json").write_text('{"width": 1.0}')
     with pytest.raises(ValueError, match="other settings"):
-        study.run_study(data, lab, config, out)
+        study.run_study(data, lab, config, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # nothing trained
+    assert (tmp_path / "config.json").read_text() == '{"width": 1.0}'
