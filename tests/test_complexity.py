@@ -173,12 +173,29 @@ def test_bad_input_shape(shape):
         flops(nn.Conv2d(1, 1, 3), shape)
 
 
+def scripted_clock(monkeypatch, seconds):
+    """Time every timed run of steps by the next of ``seconds`` instead of the machine's
+    clock (the steps still run); returns the number of steps run."""
+    from fernb import complexity
+    durations, steps_run = iter(seconds), []
+
+    def timed(step, steps, device):
+        for _ in range(steps):
+            step()
+        steps_run.append(steps)
+        return next(durations)
+
+    monkeypatch.setattr(complexity, "_timed", timed)
+    return steps_run
+
+
 @pytest.mark.parametrize("train", [False, True])
-def test_throughput_is_positive_and_leaves_the_model_alone(train):
+def test_throughput_counts_images_per_second_and_leaves_the_model_alone(train, monkeypatch):
     model = ESRLab(2, 3)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    steps_run = scripted_clock(monkeypatch, [0.5])
     rate = throughput(model, (1, 48, 48), batch_size=4, steps=2, train=train)
-    assert rate > 0
+    assert rate == 4 * 2 / 0.5 and steps_run == [2]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key])
 
@@ -191,19 +208,28 @@ def test_throughput_rejects_bad_input():
         throughput(model.requires_grad_(False), (4,), batch_size=2, steps=1, train=True)
 
 
-def test_measured_cost_is_relative_to_the_reference():
+def test_measured_cost_is_relative_to_the_reference(monkeypatch):
     from fernb.complexity import measured_cost
     models = {"ref": nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2)),
               "small": nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(2))}
     for m in models.values():
         m(torch.zeros(1, 1, 8, 8))
-    table = measured_cost(models, (1, 8, 8), reference="ref", batch_size=4, steps=1,
+    # Seconds per round (ref, small): training 2.0, 1.0 | 2.0, 0.5 | 4.0, 3.0, then inference
+    # 1.0, 0.25 | 1.0, 0.5 | 1.0, 0.5. Training ratios 0.5, 0.25, 0.75: median 0.5.
+    steps_run = scripted_clock(monkeypatch, [2.0, 1.0, 2.0, 0.5, 4.0, 3.0,
+                                             1.0, 0.25, 1.0, 0.5, 1.0, 0.5])
+    table = measured_cost(models, (1, 8, 8), reference="ref", batch_size=4, steps=2,
                           repeats=3, device="cpu")
+    assert steps_run == [2] * 12
     assert table.loc["ref", ["train_time_ratio", "inference_time_ratio", "flops_ratio"]].tolist() \
         == [1.0, 1.0, 1.0]
     assert table.loc["ref", "train_ratio_range"] == "1.00-1.00"
-    lo, hi = map(float, table.loc["small", "train_ratio_range"].split("-"))  # 2 decimals
-    assert lo - 0.005 <= table.loc["small", "train_time_ratio"] <= hi + 0.005
-    assert table.loc["small", "flops_ratio"] < 1 and (table["train_img_per_s"] > 0).all()
+    small = table.loc["small"]
+    assert (small["train_time_ratio"], small["train_ratio_range"]) == (0.5, "0.25-0.75")
+    assert (small["inference_time_ratio"], small["inference_ratio_range"]) == (0.5, "0.25-0.50")
+    # Images per second: 4 images x 2 steps over the median seconds; inference takes 8 a step.
+    assert table["train_img_per_s"].tolist() == [4 * 2 / 2.0, 4 * 2 / 1.0]
+    assert table["inference_img_per_s"].tolist() == [8 * 2 / 1.0, 8 * 2 / 0.5]
+    assert small["flops_ratio"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="repeats"):
         measured_cost(models, (1, 8, 8), repeats=0)

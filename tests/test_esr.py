@@ -74,9 +74,10 @@ def test_lab_network_has_no_affect():
         ESR(width=0.25).forward_affect(torch.rand(1, 1, 48, 48))
 
 
-@pytest.mark.parametrize("model", [ESR(width=0.25), ESR(level=0, n_branches=2, width=0.25),
-                                   ESR(arch="wild", n_branches=2, width=0.125)])
-def test_every_parameter_gets_a_gradient(model):
+@pytest.mark.parametrize("kwargs", [dict(width=0.25), dict(level=0, n_branches=2, width=0.25),
+                                    dict(arch="wild", n_branches=2, width=0.125)])
+def test_every_parameter_gets_a_gradient(kwargs):
+    model = ESR(**kwargs)
     chans = model.base[0][0].in_channels if len(model.base) else 1
     size = 64 if model.arch == "wild" else 48
     x = torch.rand(2, chans, size, size)

@@ -28,13 +28,13 @@ def test_parameter_counts_full_width():
     # torchvision's ResNet-18 has 11,689,512 parameters with a 1000-way fc (512 x 1000 + 1000);
     # with a 7-way fc: 11,689,512 - 513,000 + 3,591.
     r18 = 11_689_512 - 513_000 + 512 * 7 + 7
-    assert r18 == 11_180_103
-    assert _count(r18_faml(fusion=False, attention=False)) == r18
+    assert _count(r18_faml(fusion=False, attention=False)) == r18 == 11_180_103
     area_convs = 2 * 64 * 3 * 7 * 7 + 2  # two 7x7 stems and two fusion weights
     assert _count(r18_faml(attention=False)) == r18 + area_convs == 11_198_921
     blocks = sum(_attention_params(d) for d in (64, 128, 256))
-    assert blocks == 1_038_016
-    assert _count(r18_faml()) == r18 + area_convs + blocks == 12_236_937
+    model = r18_faml()
+    assert _count(model.attention) == blocks == 1_038_016
+    assert _count(model) == r18 + area_convs + blocks == 12_236_937
 
 
 @pytest.mark.parametrize("name", sorted(ABLATION))
@@ -213,9 +213,9 @@ def test_label_smoothing_eq4_5_hand_computed():
     # epsilon 0.1, C = 3: p = 0.9 on the label, 0.05 on the two others
     label1 = 0.05 * LN4 + 0.9 * LN2 + 0.05 * LN4  # 0.762462
     label0 = 0.9 * LN4 + 0.05 * LN2 + 0.05 * LN4  # 1.351637
-    assert zhou_label_smoothing(Q_LOGITS, LABELS, 0.1).item() == pytest.approx(
-        (label1 + label0) / 2)
-    assert (label1 + label0) / 2 == pytest.approx(1.0570494, abs=1e-6)
+    smoothed = zhou_label_smoothing(Q_LOGITS, LABELS, 0.1).item()
+    assert smoothed == pytest.approx((label1 + label0) / 2)
+    assert smoothed == pytest.approx(1.0570494, abs=1e-6)
     # torch's label_smoothing=0.1 would give the label 0.9333 and the others 0.0333
     torch_style = torch.nn.functional.cross_entropy(Q_LOGITS[:, 0], LABELS, label_smoothing=0.1)
     assert torch_style.item() != pytest.approx((label1 + label0) / 2)

@@ -11,7 +11,6 @@ from fernb.complexity import (conv_flops_formula, count_keras_parameters, count_
                               flops, flops_per_layer, storage_mb)
 from fernb.ensemble import SoftmaxSum
 from fernb.explain import branch_maps
-from fernb.landmarks import PARTS
 from fernb.models.members import Members
 from fernb.models.parts import (ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, complexity_summary,
                                 expression_network, normalise_landmarks, paper_layers,
@@ -39,9 +38,8 @@ def test_extractor_parameters_by_hand():
     # conv: 9 * C_i * C_o + C_o; BN: 2 * C_o trainable (+ 2 * C_o moving statistics).
     convs = [(3, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
     trainable = sum(9 * ci * co + co + 2 * co for ci, co in convs)
-    assert trainable == 294_480
     features = PartNetwork().features
-    assert count_parameters(features) == 294_480
+    assert count_parameters(features) == trainable == 294_480
     assert count_keras_parameters(features) == 294_480 + 960
     # Sec. III-C: "The feature extractor has about 0.29 M parameters" (trainable count; the
     # Keras total, 295,440, would round to 0.30M).
@@ -51,8 +49,8 @@ def test_extractor_parameters_by_hand():
 @pytest.mark.parametrize("n_classes, expected", [(8, 34_056), (7, 33_927)])
 def test_expression_head_parameters(n_classes, expected):
     # (128 * 128 + 128) * 2 + 128 * C + C; Sec. III-C: "approximately 0.035M" (CK+, C = 8).
-    assert 2 * (128 * 128 + 128) + 129 * n_classes == expected
-    assert count_parameters(PartNetwork(n_classes=n_classes).head) == expected
+    assert count_parameters(PartNetwork(n_classes=n_classes).head) == \
+        2 * (128 * 128 + 128) + 129 * n_classes == expected
 
 
 @pytest.mark.parametrize("part, outputs, expected", [
@@ -79,13 +77,17 @@ def test_landmark_head_range_printed_in_the_paper():
 def test_sub_network_and_ensemble_parameters():
     el = part_ensemble("el")
     deployed = expression_network(el)
-    assert count_parameters(expression_network(el.networks[0])) == 294_480 + 34_056 == 328_536
+    sub = expression_network(el.networks[0])
+    assert count_parameters(sub) == 294_480 + 34_056 == 328_536
+    assert count_keras_parameters(sub) == 328_536 + 960 == 329_496
     assert count_parameters(deployed) == 5 * 328_536 == 1_642_680
     assert count_keras_parameters(deployed) == 5 * 329_496 == 1_647_480
     # Sec. I / IV-E: 0.33M per sub-network; Table II: 1.65M. The Keras total (with BatchNorm
     # moving statistics) rounds to 1.65M; PyTorch's trainable count to 1.64M.
-    assert round(328_536 / 1e6, 2) == round(329_496 / 1e6, 2) == 0.33
-    assert round(1_647_480 / 1e6, 2) == 1.65 and round(1_642_680 / 1e6, 2) == 1.64
+    assert round(count_parameters(sub) / 1e6, 2) == round(count_keras_parameters(sub) / 1e6,
+                                                          2) == 0.33
+    assert round(count_keras_parameters(deployed) / 1e6, 2) == 1.65
+    assert round(count_parameters(deployed) / 1e6, 2) == 1.64
     # The landmark heads are not part of the deployed network.
     heads = sum(count_parameters(n.landmark_head) for n in el.networks)
     assert count_parameters(el) == 1_642_680 + heads
@@ -105,8 +107,10 @@ def test_flops_by_eq_7_to_9_per_layer():
     assert table.loc[table.kind == "conv", "flops"].tolist() == CONV_FLOPS
     assert table.loc[table.kind == "maxpool", "flops"].tolist() == POOL_FLOPS
     assert table.loc[table.kind == "linear", "flops"].tolist() == DENSE_FLOPS
-    assert sum(CONV_FLOPS) == 670_924_800
-    assert sum(POOL_FLOPS) == 192_000 and sum(DENSE_FLOPS) == 67_584
+    by_kind = table.groupby("kind")["flops"].sum()
+    assert by_kind["conv"] == sum(CONV_FLOPS) == 670_924_800
+    assert by_kind["maxpool"] == sum(POOL_FLOPS) == 192_000
+    assert by_kind["linear"] == sum(DENSE_FLOPS) == 67_584
     total = conv_flops_formula(model, IMAGE)
     assert total == 671_184_384
     # torch's counter has no max-pool term.
@@ -116,12 +120,19 @@ def test_flops_by_eq_7_to_9_per_layer():
 def test_flops_disagree_with_the_paper():
     # Sec. IV-E prints 0.555 GFLOPs per sub-network, 2.775 for five and a 99.98% share for the
     # convolutions; eqs. 7-9 on this architecture give 0.671, 3.356 and 99.96%.
-    total = 671_184_384
+    model = expression_network(PartNetwork(part="mouth", n_classes=8))
+    total = conv_flops_formula(model, IMAGE)
+    table = flops_per_layer(model, IMAGE)
+    conv = table.loc[table.kind == "conv", "flops"].sum()
     assert round(total / 1e9, 3) == 0.671 and round(5 * total / 1e9, 3) == 3.356
-    assert round(100 * sum(CONV_FLOPS) / total, 2) == 99.96
-    # Only a much smaller input would give 0.555: FLOPs scale with the image area.
+    assert round(100 * conv / total, 2) == 99.96
+    # Only a much smaller input would give 0.555: FLOPs scale with the image area ...
     side = 160 * math.sqrt(0.555e9 / total)
     assert 145 < side < 146
+    # ... yet no square input gives it: 144 px give 0.544 GFLOPs, 145 px ('same' padding
+    # rounds the pooled sizes up) already 0.574.
+    assert conv_flops_formula(model, (3, 144, 144)) < 0.555e9 < \
+        conv_flops_formula(model, (3, 145, 145))
 
 
 def test_storage_is_the_ensembles_not_one_sub_networks():
@@ -270,8 +281,14 @@ def test_ensembles_of_five():
     el = part_ensemble("el", width=0.125, n_classes=8)
     assert isinstance(el, Members) and len(el) == 5
     assert [n.part for n in el.networks] == ["eyebrows", "eyes", "nose", "mouth", "jaw"]
-    assert [n.indices for n in el.networks] == [PARTS[p] for p in ENSEMBLE_PARTS]
-    assert [n.part for n in part_ensemble("ftl", width=0.125).networks] == ["full"] * 5
+    # iBUG 300-W 68-point layout, 0-based: brows 17-26, eyes 36-47, nose 27-35, mouth 48-67,
+    # jaw 0-16.
+    assert [n.indices for n in el.networks] == [
+        tuple(range(17, 27)), tuple(range(36, 48)), tuple(range(27, 36)), tuple(range(48, 68)),
+        tuple(range(0, 17))]
+    ftl = part_ensemble("ftl", width=0.125).networks
+    assert [n.part for n in ftl] == ["full"] * 5
+    assert [n.indices for n in ftl] == [tuple(range(68))] * 5
     assert [n.part for n in part_ensemble("baseline", width=0.125).networks] == [None] * 5
     x = torch.rand(2, 3, 32, 32)
     logits = el(x)

@@ -41,7 +41,7 @@ def test_parameter_counts_of_the_default_architecture():
     # Representation, filters 32-64-128 then two e-blocks of 128 (3x3 convolutions, bias):
     rep = (1 * 9 * 32 + 32) + (32 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * 9 * 64 + 64) \
         + (64 * 9 * 128 + 128) + (128 * 9 * 128 + 128) + 2 * (128 * 9 * 128 + 128)
-    assert rep == 581_600
+    assert count_parameters(BaselineCNN(image_size=48).representation) == rep == 581_600
     # Classification at 48 px: 6 x 6 x 128 = 4608 -> 512 -> 512 -> 8.
     dense48 = (4608 * 512 + 512) + (512 * 512 + 512) + (512 * 8 + 8)
     # Facial parts: encoder as the first six convolutions; decoder 2x2 transposed
@@ -49,11 +49,10 @@ def test_parameter_counts_of_the_default_architecture():
     parts = 286_432 + (128 * 4 * 128 + 128) + 2 * (128 * 9 * 128 + 128) \
         + (128 * 4 * 64 + 64) + 2 * (64 * 9 * 64 + 64) + (64 * 4 * 32 + 32) \
         + 2 * (32 * 9 * 32 + 32) + (32 * 9 + 1)
-    assert parts == 780_961
     assert count_parameters(BaselineCNN(image_size=48)) == rep + dense48 == 3_208_168
     net = RelevanceNet(image_size=48)
+    assert count_parameters(net.facial_parts) == parts == 780_961
     assert count_parameters(net) == rep + dense48 + parts == 3_989_129
-    assert count_parameters(net.facial_parts) == parts
     # At 96 px only the first dense layer grows: 12 x 12 x 128 = 18432 inputs.
     assert count_parameters(BaselineCNN(image_size=96)) == rep + 18432 * 512 + 512 \
         + (512 * 512 + 512) + (512 * 8 + 8) == 10_286_056

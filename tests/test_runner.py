@@ -89,7 +89,7 @@ def test_run_writes_outputs_and_versions_on_parameter_change(project: Path, caps
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"] == {"epochs": 1, "lr": 0.1, "name": "synth-lab",
                                  "use_cuda": False, "sizes": [48, 96]}
-    assert run["status"] == "finished" and run["seconds"] >= 0
+    assert run["status"] == "finished" and run["seconds"] == round(result.seconds, 1)
     assert result.results_dir == out and result.output == out / "00_demo.ipynb"
     assert not (project / "book" / "_generated").exists(), "only `fernb book` publishes"
     nb = nbformat.read(result.output, as_version=4)

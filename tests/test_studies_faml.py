@@ -120,15 +120,19 @@ def test_tiny_study_trains_every_model_and_resumes(tiny) -> None:
     first = study.run_study(data, lab, config, out)
     assert set(first.models()) == {"R18", "R18 (scratch)", "R18+FA", "FAML", "FAML-FGA"}
     assert first.logits[(0, "FAML")].shape == (len(data.test), 2, len(data.classes))
-    assert first.trained > 0
+    # The R18 pre-training, R18 2, R18 (scratch) 1, R18+FA 1, FAML 2 and FGA's first
+    # generation (one fused child, one new network): each trained once and stored.
+    assert first.trained == 1 + 2 + 1 + 1 + 2 + 2 == len(list(out.rglob("result.json")))
     again = study.run_study(data, lab, config, out)
     assert again.trained == 0
     for key, z in first.logits.items():
         np.testing.assert_array_equal(again.logits[key], z)
 
 
-def test_tiny_study_refuses_a_folder_of_other_settings(tiny) -> None:
-    data, lab, config, out = tiny
-    (out / "config.json").write_text('{"width": 1.0}')
+def test_tiny_study_refuses_a_folder_of_other_settings(tiny, tmp_path: Path) -> None:
+    data, lab, config, _ = tiny
+    (tmp_path / "config.json").write_text('{"width": 1.0}')
     with pytest.raises(ValueError, match="other settings"):
-        study.run_study(data, lab, config, out)
+        study.run_study(data, lab, config, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # nothing trained
+    assert (tmp_path / "config.json").read_text() == '{"width": 1.0}'

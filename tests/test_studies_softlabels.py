@@ -10,7 +10,7 @@ import pytest
 from fernb.data.datasets import FaceDataset
 from fernb.params import ParameterError
 from fernb.report import paper_results, paper_vs_book
-from fernb.softlabels import TABLE_1
+from fernb.softlabels import TABLE_1, diagonal_violations
 from fernb.studies import softlabels as study
 
 CPU = dict(dataset="synth-wild", data_root="", n_subjects=120, source="synth-lab",
@@ -106,6 +106,11 @@ def test_observations_and_order_on_hand_made_matrices() -> None:
     assert table.loc["fear", "share named (%)"] == 20
     assert table.loc["anger", "holds"] == "no"
     assert study.order_kept(TABLE_1.to_numpy(), [0.4, 1.0, 2.8])
+    # A dataset without the remarked classes (e.g. a folder of other expressions): no rows.
+    three = ["neutral", "happiness", "surprise"]
+    none = study.observations(pd.DataFrame(np.eye(3) * 100, index=three, columns=three))
+    assert none.empty and none.index.name == "true class"
+    assert list(none.columns) == list(table.columns)
 
 
 def test_a_dataset_without_validation_part_gives_a_fifth_of_training_to_it() -> None:
@@ -114,6 +119,75 @@ def test_a_dataset_without_validation_part_gives_a_fifth_of_training_to_it() -> 
     s = study.split(toy)
     assert len(s.test) == 21 and len(s.val) == 7 and len(s.train) == 28
     assert not set(s.val) & set(s.train)
+
+
+HAND_CLASSES = ("neutral", "happiness", "sadness")
+HAND_LABELS = np.array([0, 1, 2, 1])
+
+
+def _votes(*members: list[int]) -> np.ndarray:
+    """(N, M, C) one-hot logits of members predicting the given classes."""
+    return np.stack([np.eye(3, dtype=np.float32)[m] for m in members], axis=1)
+
+
+def _hand_results() -> tuple[study.SoftLabels, study.Sweep, study.Comparison]:
+    """Three repeats of two-member ensembles on four test faces (labels n, h, s, h).
+
+    Ensemble accuracy (%) per repeat: hard 25, 25, 25; fixed 50, 50, 75; perturbed 75, 75,
+    100 (wrong on the neutral face, then the sad one). Fixed members always agree, perturbed
+    members disagree on one face of four. D's sadness row peaks on neutral."""
+    d = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]])
+    constructor = study.Constructor("toy", HAND_CLASSES, d, diagonal_violations(d), 0.0, 0.0,
+                                    0.0, network=None)
+    soft = study.SoftLabels(constructor, None, d, None, "dataset")
+    sweep = study.Sweep(pd.DataFrame({"gamma": [1.0, 2.0, 3.0], "val accuracy": [40, 60, 50]}),
+                        (2.0, 3.0), 2.0, 30.0, 30.0)
+    hard = _votes([0, 0, 0, 0], [0, 0, 0, 0])
+    logits = {}
+    for r, fixed, perturbed in (
+            (0, _votes([0, 1, 0, 0], [0, 1, 0, 0]), _votes([1, 1, 2, 1], [1, 2, 2, 1])),
+            (1, _votes([0, 1, 0, 0], [0, 1, 0, 0]), _votes([0, 1, 1, 1], [0, 2, 1, 1])),
+            (2, _votes([0, 1, 2, 0], [0, 1, 2, 0]), _votes([0, 1, 2, 1], [0, 2, 2, 1]))):
+        logits |= {(r, "hard"): hard, (r, "fixed"): fixed, (r, "perturbed"): perturbed}
+    single = {"hard": 25.0, "fixed": 62.5, "perturbed": 70.0}
+    runs = pd.DataFrame([{"repeat": r, "group": g, "member": k, "test accuracy": single[g]}
+                         for r in range(3) for g in single for k in range(2)])
+    comparison = study.Comparison(runs, logits, logits, HAND_LABELS, HAND_LABELS, HAND_CLASSES,
+                                  study.group_names(soft))
+    return soft, sweep, comparison
+
+
+def test_ttests_on_hand_made_ensembles() -> None:
+    _, _, comparison = _hand_results()
+    np.testing.assert_allclose(comparison.ensemble_accuracy("perturbed"), [75, 75, 100])
+    table = study.ttests(comparison)
+    assert list(table.index) == ["Soft labels (toy), gamma perturbation vs Hard labels",
+                                 "Soft labels (toy), gamma perturbation vs Soft labels (toy), "
+                                 "fixed gamma"]
+    # Against hard labels the differences are 50, 50, 75: mean 58.33, sd 14.43, t = 7.0 with
+    # 2 degrees of freedom, two-sided p = 1 - t / sqrt(t^2 + 2) = 0.0198.
+    assert table["mean difference"].tolist() == pytest.approx([175 / 3, 25.0])
+    assert table["p"].tolist() == ["0.020", "-"]  # 25, 25, 25: no variation, no test
+    assert table["significant"].tolist() == ["✓", "-"]
+
+
+def test_claims_on_hand_made_ensembles() -> None:
+    claims = study.claims(*_hand_results())
+    assert [c.holds for c in claims] == [
+        False,  # D's sadness row peaks on neutral
+        True,   # eq. (4) keeps the order of every row
+        True,   # gamma 1.0 (40 %) is below the best, gamma 2.0 (60 %)
+        True,   # single networks: soft 62.5 > hard 25
+        False,  # fixed-gamma ensemble 58.3 is below its single networks' 62.5
+        True,   # perturbation 83.3 > fixed gamma 58.3
+        True,   # perturbation 83.3 > hard 25
+        True,   # disagreement 0.25 > 0
+        None,   # no other dataset's D
+        True,   # happiness: recall 100 %, neutral and sadness 66.7 %
+    ]
+    assert claims[0].evidence == "1 of 3 rows do not: sadness peaks on neutral"
+    assert claims[4].evidence == "58.3 vs 62.5"
+    assert claims[7].evidence == "disagreement 0.250 vs 0.000 at a fixed gamma"
 
 
 def test_stages_store_resume_and_fill_the_paper_table(data, source, tmp_path, monkeypatch):
@@ -140,7 +214,9 @@ def test_stages_store_resume_and_fill_the_paper_table(data, source, tmp_path, mo
     assert math.isclose(first["test accuracy"].iloc[0], swept)
     table = study.accuracy_table(comparison, sweep)
     assert table["members"].tolist() == [2, 2, 2, 2]
-    assert len(study.ttests(comparison)) in (0, 3)
+    names = comparison.names
+    assert list(study.ttests(comparison).index) == [
+        f"{names['perturbed']} vs {names[g]}" for g in ("hard", "fixed", "transfer")]
     assert study.confusion(comparison).shape == (7, 7)
 
     values = study.measured(soft, sweep, comparison, "synth-wild")
@@ -149,7 +225,10 @@ def test_stages_store_resume_and_fill_the_paper_table(data, source, tmp_path, mo
     frame = paper_vs_book("soft_labels", values)
     assert (frame["verdict"] != "not measured").sum() == len(values)
     claims = study.claims(soft, sweep, comparison)
-    assert all(c.holds in (True, False, None) for c in claims) and len(claims) >= 10
+    # 8 claims, the transfer one, 3 remarks on the confusion matrix, happiness's recall: with
+    # two members and a source dataset every one of them is tested.
+    assert len(claims) == 13 and all(isinstance(c.holds, bool) for c in claims)
+    assert claims[1].holds is values["perturbation_keeps_order"] is True
 
     calls = []
 

@@ -960,7 +960,10 @@ OBSERVATIONS = (
 def observations(cm: pd.DataFrame) -> pd.DataFrame:
     """Each remark checked on a confusion matrix: the class a true class is most often
     mistaken for, its share (%), the share of the class(es) the paper names, and whether the
-    most frequent mistake is one of them."""
+    most frequent mistake is one of them; no rows when the classes lack the remarked ones
+    (e.g. a folder dataset of other expressions)."""
+    columns = ["true class", "paper: mistaken for", "where", "share named (%)",
+               "most frequent mistake", "its share (%)", "holds"]
     rows = []
     for true, named, where in OBSERVATIONS:
         if true not in cm.index or any(c not in cm.columns for c in named):
@@ -971,7 +974,7 @@ def observations(cm: pd.DataFrame) -> pd.DataFrame:
                      "where": where, "share named (%)": float(row[list(named)].max()),
                      "most frequent mistake": top, "its share (%)": float(row.max()),
                      "holds": "yes" if top in named else "no"})
-    return pd.DataFrame(rows).set_index("true class")
+    return pd.DataFrame(rows, columns=columns).set_index("true class")
 
 
 # ----------------------------------------------------------------------- paper vs this book
