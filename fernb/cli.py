@@ -21,8 +21,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from fernb import runner
-    print(runner.parameters_table(args.notebook))
+    from fernb import chapters
+    if args.write_cell:
+        path = chapters.resolve_notebook(args.notebook)
+        changed = chapters.write_parameters_cell(path)
+        print(f"{path.name}: parameters cell {'rewritten' if changed else 'already current'}")
+        return 0
+    print(chapters.parameters_table(args.notebook))
     return 0
 
 
@@ -86,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     params = sub.add_parser("params", help="list a notebook's parameters and profile values")
     params.add_argument("notebook")
+    params.add_argument("--write-cell", action="store_true",
+                        help="rewrite the notebook's parameters cell from the declaration")
     params.set_defaults(func=_cmd_params)
 
     book = sub.add_parser("book", help="run every chapter, then build the HTML book")

@@ -58,10 +58,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def environment() -> dict[str, Any]:
-    """Versions and hardware of this run (Python, torch, torchvision, CUDA, numpy, fernb)."""
+def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Versions and hardware of this run (Python, torch, torchvision, CUDA, numpy, fernb) and
+    the precision its ``device`` and ``precision`` parameters resolve to here."""
+    from fernb.device import resolve_device, resolve_precision
+    params = params or {}
     cuda = torch.cuda.is_available()
+    device = resolve_device(params.get("device", "auto"))
     return {
+        "precision": resolve_precision(params.get("precision", "auto"), device).name,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -138,7 +143,7 @@ class Report:
         if reserved:
             raise ValueError(f"{sorted(reserved)} are written by Report itself; use other keys")
         merged = {**read_json(self.metrics_path, default={}), **_jsonable(values),
-                  "params": _jsonable(self.params), "environment": environment()}
+                  "params": _jsonable(self.params), "environment": environment(self.params)}
         atomic_write_json(self.metrics_path, merged)
         return merged
 

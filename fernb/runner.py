@@ -13,7 +13,6 @@ and the parameter cells tagged ``remove-input``, goes next to them. Only ``fernb
 """
 from __future__ import annotations
 
-import ast
 import datetime as _dt
 import hashlib
 import json
@@ -36,10 +35,10 @@ import yaml
 
 import fernb
 from fernb.io import atomic_write_json, atomic_write_text, read_json
+from fernb.chapters import (notebook_names, prepare, project_root, resolve_notebook,
+                            settings_of, validate_profile)
 from fernb.errors import NotebookError, ParameterError, ResultsBusy, RunInterrupted
 
-PROFILES = ("smoke", "cpu", "paper")
-RESERVED = ("results_dir",)
 REMOVE_INPUT_TAGS = ("parameters", "injected-parameters")
 ALLOW_STDERR_TAG = "allow-stderr"
 # The kernel's own log: errors only (ipykernel 7 warns about its local TCP sockets each run).
@@ -48,152 +47,6 @@ PROVENANCE_TAG = "provenance"
 
 __all__ = ["NotebookError", "ParameterError", "ResultsBusy", "RunInterrupted", "run_book",
            "run_notebook"]
-
-
-def project_root() -> Path:
-    """The repository root: the nearest folder above the cwd holding ``_config.yml`` and
-    ``notebooks/``; else the folder above the installed package."""
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "_config.yml").exists() and (folder / "notebooks").is_dir():
-            return folder
-    return Path(__file__).resolve().parent.parent
-
-
-def notebook_names(root: Path | None = None) -> list[str]:
-    """Chapter notebooks in book order (their ``NN_`` prefix)."""
-    root = root or project_root()
-    return sorted(p.stem for p in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-def resolve_notebook(name: str, root: Path | None = None) -> Path:
-    """``00_data``, ``00_data.ipynb`` or a path -> the notebook's path, with a helpful error."""
-    root = root or project_root()
-    candidates = [Path(name), root / "notebooks" / name, root / "notebooks" / f"{name}.ipynb"]
-    for path in candidates:
-        if path.suffix == ".ipynb" and path.is_file():
-            return path.resolve()
-    raise FileNotFoundError(f"no notebook {name!r}; available: {notebook_names(root)}")
-
-
-def load_profile(profile: str, root: Path | None = None) -> dict[str, dict[str, Any]]:
-    """The profile's mapping notebook -> parameters."""
-    root = root or project_root()
-    path = root / "book" / "profiles" / f"{profile}.yaml"
-    if not path.is_file():
-        found = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"no profile {profile!r} at {path}; available: {found}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{path} must map notebook names to parameter mappings")
-    return data
-
-
-@dataclass(frozen=True)
-class Parameter:
-    name: str
-    default: Any
-    type_name: str
-    help: str
-
-
-def notebook_parameters(path: Path) -> dict[str, Parameter]:
-    """The notebook's ``parameters`` cell as name -> Parameter (via papermill's inspector)."""
-    found = papermill.inspect_notebook(str(path))
-    if not found:
-        raise ValueError(f"{path.name} has no cell tagged 'parameters'")
-    params = {}
-    for name, info in found.items():
-        try:
-            default = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError):
-            default = info["default"]
-        params[name] = Parameter(name, default, type(default).__name__, info.get("help", ""))
-    return params
-
-
-def _coerce(param: Parameter, value: Any) -> Any:
-    """Check ``value`` against the default's type; CLI strings are parsed as YAML scalars."""
-    if isinstance(value, str) and not isinstance(param.default, str):
-        value = yaml.safe_load(value)
-    default = param.default
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        ok = isinstance(default, bool) and isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float))
-        value = float(value) if ok else value
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ParameterError(f"parameter {param.name!r} expects {param.type_name} "
-                             f"(default {default!r}); got {value!r} ({type(value).__name__})")
-    return value
-
-
-def validate_parameters(path: Path, values: dict[str, Any]) -> dict[str, Any]:
-    """Check every name and type before anything runs; return the coerced values."""
-    params = notebook_parameters(path)
-    unknown = [k for k in values if k not in params]
-    if unknown:
-        listing = "\n".join(f"  {p.name} = {p.default!r}" + (f"  # {p.help}" if p.help else "")
-                            for p in params.values() if p.name not in RESERVED)
-        raise ParameterError(f"unknown parameter(s) {unknown} for {path.stem}. "
-                             f"Valid parameters and their defaults:\n{listing}")
-    return {k: _coerce(params[k], v) for k, v in values.items()}
-
-
-def parameters_table(name: str, root: Path | None = None) -> str:
-    """Text table of a notebook's parameters, defaults and each profile's values."""
-    root = root or project_root()
-    path = resolve_notebook(name, root)
-    params = notebook_parameters(path)
-    profiles = {}
-    for p in PROFILES:
-        try:
-            profiles[p] = load_profile(p, root).get(path.stem, {})
-        except FileNotFoundError:
-            continue
-    rows = [["parameter", "default", *profiles]]
-    for p in params.values():
-        if p.name in RESERVED:
-            continue
-        rows.append([p.name, repr(p.default), *(repr(v[p.name]) if p.name in v else "."
-                                                for v in profiles.values())])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-DATA_PARAMETERS = (("dataset", "data_root"), ("wild_dataset", "wild_root"))
-
-
-def _check_data(params: dict[str, Any]) -> None:
-    """Real datasets are checked before the kernel starts, so a wrong path fails in seconds."""
-    from fernb.data.check import LAYOUTS, check_dataset
-    for name_key, root_key in DATA_PARAMETERS:
-        name = params.get(name_key)
-        if name not in LAYOUTS:
-            continue
-        root = params.get(root_key)
-        if not root:
-            raise ParameterError(f"{name_key} {name!r} needs its folder: add -p {root_key} "
-                                 f"/path/to/it")
-        report = check_dataset(name, root, decode=False)  # the reader decodes every image
-        if not report.ok:
-            raise ParameterError(f"the {name} folder {root} does not match the expected "
-                                 f"layout (see the book page 'Running on the real "
-                                 f"datasets'):\n{report.format()}")
-
-
-def check_values(stem: str, values: dict[str, Any], given: set[str] | None = None) -> None:
-    """The chapter's declared value constraints (:data:`fernb.studies.CHAPTERS`); chapters
-    without a declaration get the name and type checks only."""
-    from fernb.studies import chapter_rules
-    rules = chapter_rules(stem)
-    if rules is not None:
-        rules.check(values, given, chapter=stem)
 
 
 def _digest(params: dict[str, Any]) -> str:
@@ -306,16 +159,19 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores)"
 
 
-def provenance(profile: str, changed: dict[str, Any], device: str) -> str:
+def provenance(profile: str, changed: dict[str, Any], device: str,
+               precision: str = "auto") -> str:
     """The line under a rendered chapter's title: profile, parameters that differ from the
-    notebook's defaults, device, versions and date."""
+    notebook's defaults, device, precision, versions and date."""
     import torch
+    from fernb.device import resolve_device, resolve_precision
     settings = (", ".join(f"`{k}={v!r}`" for k, v in changed.items()) if changed
                 else "none (the notebook's defaults)")
+    computed = resolve_precision(precision, resolve_device(device)).name
     return (f"*This page was generated with the **{profile}** profile on "
-            f"{_dt.date.today().isoformat()}: device {_device_name(device)}; fernb "
-            f"{fernb.__version__}, torch {torch.__version__}. Parameters changed from the "
-            f"notebook's defaults: {settings}.*")
+            f"{_dt.date.today().isoformat()}: device {_device_name(device)}, precision "
+            f"{computed}; fernb {fernb.__version__}, torch {torch.__version__}. Parameters "
+            f"changed from the notebook's defaults: {settings}.*")
 
 
 def _insert_provenance(nb: nbformat.NotebookNode, line: str) -> None:
@@ -342,27 +198,6 @@ class RunResult:
     parameters: dict[str, Any]
     seconds: float
     warnings: tuple[str, ...] = ()
-
-
-def prepare(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
-            root: Path | None = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Every check that needs no kernel: the notebook, the profile, parameter names, types
-    and values, and a real dataset's layout. Returns the notebook path, the given values and
-    the effective parameters (defaults overridden by profile and user)."""
-    root = root or project_root()
-    path = resolve_notebook(name, root)
-    given = {**load_profile(profile, root).get(path.stem, {}), **(overrides or {})}
-    reserved = [k for k in given if k in RESERVED]
-    if reserved:
-        raise ParameterError(f"{reserved} is set by the runner; use --output-dir instead")
-    params = validate_parameters(path, given)
-    defaults = {n: p.default for n, p in notebook_parameters(path).items() if n not in RESERVED}
-    effective = defaults | params
-    # A parameter the chosen dataset ignores is an error when the user set it; a profile's
-    # value for another dataset (e.g. the smoke profile's n_subjects) is not the user's.
-    check_values(path.stem, effective, set(overrides or ()))
-    _check_data(effective)
-    return path, params, effective
 
 
 def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
@@ -458,9 +293,10 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], resu
         raise NotebookError(f"notebook {stem} wrote warnings, which a reader would see "
                             f"(tag a cell '{ALLOW_STDERR_TAG}' if that is intended):\n"
                             + "\n".join(warnings) + f"\n(executed copy: {failed})")
-    defaults = {n: p.default for n, p in notebook_parameters(path).items() if n not in RESERVED}
+    defaults = settings_of(path).defaults()
     changed = {k: v for k, v in effective.items() if defaults.get(k) != v}
-    _insert_provenance(nb, provenance(profile, changed, str(effective.get("device", "cpu"))))
+    _insert_provenance(nb, provenance(profile, changed, str(effective.get("device", "cpu")),
+                                      str(effective.get("precision", "auto"))))
     _tag_parameter_cells(nb)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, nbformat.writes(nb))
@@ -535,6 +371,7 @@ def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool
     """
     root = root or project_root()
     names = only or notebook_names(root)
+    validate_profile(profile, root)
     for n in names:
         prepare(n, profile=profile, root=root)
     generated = root / "book" / "_generated"

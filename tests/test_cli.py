@@ -60,14 +60,17 @@ def test_data_list_names_every_reader(capsys) -> None:
 NOTEBOOK_STACK = ("papermill", "nbformat", "nbclient", "jsonschema")
 
 
-def test_data_commands_do_not_import_the_notebook_stack(tmp_path: Path) -> None:
+def test_data_and_params_commands_do_not_import_the_notebook_stack(tmp_path: Path
+                                                                  ) -> None:
     import subprocess
     import sys
     script = ("import sys\nfrom fernb import cli\n"
               f"assert cli.main(['data', 'synth', '--size', '48', '--n-subjects', '2', "
               f"'--out', {str(tmp_path / 'out')!r}]) == 0\n"
               "assert cli.main(['data', 'list']) == 0\n"
+              "assert cli.main(['params', '01_esr']) == 0\n"
               f"print(sorted(m for m in {NOTEBOOK_STACK!r} if m in sys.modules))\n")
+    root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=True)
+                          check=True, cwd=root)
     assert done.stdout.strip().splitlines()[-1] == "[]"

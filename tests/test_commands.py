@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fernb import runner
+from fernb import chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = re.compile(r"fernb run [^`\n]+")
@@ -62,11 +62,9 @@ def test_printed_command_passes_the_checks(where: str, command: str, monkeypatch
     if overrides.get("weights"):
         overrides["weights"] = str(tmp_path / Path(overrides["weights"]).name)
         Path(overrides["weights"]).touch()
-    path = runner.resolve_notebook(name, ROOT)
-    given = {**runner.load_profile(profile, ROOT).get(path.stem, {}), **overrides}
-    params = runner.validate_parameters(path, given)
-    defaults = {n: p.default for n, p in runner.notebook_parameters(path).items()
-                if n not in runner.RESERVED}
+    path = chapters.resolve_notebook(name, ROOT)
+    settings = chapters.settings_of(path)
+    given = {**chapters.profile_values(profile, path, ROOT), **settings.given(overrides)}
     # Commands that name a real dataset's folder are checked for their values only: the
     # folder (e.g. /data/CK+) exists on the reader's machine, not here.
-    runner.check_values(path.stem, defaults | params, set(overrides))
+    settings.check(settings.defaults() | given, set(overrides), chapter=path.stem)

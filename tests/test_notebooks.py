@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from fernb import runner
+from fernb import chapters, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = runner.notebook_names(ROOT)
@@ -24,13 +24,6 @@ def test_committed_notebooks_are_clean() -> None:
         assert sum("parameters" in t for t in tags) == 1, f"{name}: one parameters cell"
 
 
-def test_every_profile_names_only_real_parameters() -> None:
-    for profile in runner.PROFILES:
-        for name, values in runner.load_profile(profile, ROOT).items():
-            path = runner.resolve_notebook(name, ROOT)
-            runner.validate_parameters(path, values)
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_with_smoke_profile(name: str, tmp_path: Path) -> None:
@@ -42,16 +35,25 @@ def test_notebook_runs_with_smoke_profile(name: str, tmp_path: Path) -> None:
     assert list((result.results_dir / "tables").glob("*.csv")), "no table written"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_parameters_cell_is_written_from_the_declaration(name: str) -> None:
+    """A parameter missing from the cell, or a default that differs from the declared one,
+    fails here; ``fernb params NAME --write-cell`` rewrites the cell."""
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == chapters.parameters_cell(path), \
+        f"{name}: run `fernb params {name} --write-cell`"
+
+
 def test_papermill_reads_every_assignment_of_the_parameters_cell() -> None:
     """papermill silently skips a line it cannot parse (e.g. '=' inside a comment)."""
-    import ast
+    import papermill
     for name in NOTEBOOKS:
         path = ROOT / "notebooks" / f"{name}.ipynb"
-        nb = nbformat.read(path, as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        assigned = {t.id for node in ast.parse(cell.source).body
-                    if isinstance(node, ast.Assign) for t in node.targets}
-        assert assigned == set(runner.notebook_parameters(path)), name
+        declared = set(chapters.settings_of(path).declared())
+        assert set(papermill.inspect_notebook(str(path))) == \
+            declared | {"results_dir", "store_dir"}, name
 
 
 @pytest.mark.notebook

@@ -1,14 +1,15 @@
 """Declared value constraints: every bad value is rejected, by name, before a kernel starts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from fernb import cli, runner
-from fernb.params import (Choice, DatasetName, Device, ListOf, MappingOf, ParameterError,
-                          Range, Rules, relation)
+from fernb import chapters, cli, runner
+from fernb.params import (POSITIVE_INT, ChapterSettings, Choice, DatasetName, Device, ListOf,
+                          MappingOf, ParameterError, Range, Relation, param, relation)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,20 +46,72 @@ def test_dataset_names_come_from_the_registry():
     assert DatasetName(("synth-lab",)).problem("ckplus") == "one of synth-lab"
 
 
-def test_rules_report_every_problem_at_once():
-    rules = Rules({"epochs": Range(1, integer=True), "milestones": ListOf(Range(1, integer=True))},
-                  [relation(("milestones", "epochs"),
-                            lambda v: max(v["milestones"]) <= v["epochs"],
-                            lambda v: f"milestones {v['milestones']} beyond epochs")])
+@dataclass(frozen=True)
+class Demo(ChapterSettings):
+    epochs: int = param(3, POSITIVE_INT, "epochs")
+    milestones: list[int] = param([1], ListOf(Range(1, integer=True)), "milestones")
+    gamma: str | float = param("best", None, "a gamma or 'best'")
+
+    RELATIONS = (relation(("milestones", "epochs"), lambda v: max(v["milestones"]) <= v["epochs"],
+                          lambda v: f"milestones {v['milestones']} beyond epochs"),)
+
+
+def test_settings_report_every_problem_at_once():
     with pytest.raises(ParameterError) as err:
-        rules.check({"epochs": 0, "milestones": [0]})
+        Demo.check({"epochs": 0, "milestones": [0]})
     text = str(err.value)
     assert "epochs = 0: must be an integer >= 1" in text
     assert "milestones = [0]" in text and "beyond" not in text  # relation skipped
     with pytest.raises(ParameterError, match="milestones \\[9\\] beyond epochs"):
-        rules.check({"epochs": 3, "milestones": [9]})
-    rules.check({"epochs": 3, "milestones": [3]})
-    rules.check_notebook({"epochs": 3, "milestones": [3], "np": object()})
+        Demo.check({"epochs": 3, "milestones": [9]})
+    assert Demo.problems({"epochs": 3.0, "gamma": [1]}) == [
+        "epochs = 3.0: must be of type int", "gamma = [1]: must be of type str | float"]
+    settings = Demo.from_notebook({"epochs": 3, "milestones": [3], "gamma": 1.5, "seed": 0,
+                                   "precision": "fp32", "device": "cpu", "np": object()})
+    assert settings.epochs == 3 and settings.changed() == {
+        "milestones": [3], "gamma": 1.5, "precision": "fp32", "device": "cpu"}
+    with pytest.raises(ParameterError, match="does not define \\['gamma', 'seed'"):
+        Demo.from_notebook({"epochs": 3, "milestones": [3]})
+
+
+def test_command_line_strings_are_read_by_the_declared_type():
+    assert Demo.given({"epochs": "4", "milestones": "[1, 2]", "gamma": "1.4",
+                       "device": "cpu"}) == {"epochs": 4, "milestones": [1, 2], "gamma": 1.4,
+                                             "device": "cpu"}
+    assert Demo.given({"gamma": "best"}) == {"gamma": "best"}
+    with pytest.raises(ParameterError, match=r"(?s)unknown parameter\(s\) \['epoch'\] in x.yaml.*"
+                                             r"epochs = 3  # epochs"):
+        Demo.given({"epoch": 4}, source="x.yaml")
+
+
+def test_a_parameter_declared_once_reaches_every_check(tmp_path):
+    """A new parameter added to the declaration is in the notebook's cell, in the first-cell
+    check, in `fernb params` and in what a profile may set."""
+    import nbformat
+    root = tmp_path
+    (root / "notebooks").mkdir()
+    (root / "book" / "profiles").mkdir(parents=True)
+    (root / "_config.yml").write_text("title: demo\n")
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nb.metadata["fernb"] = {"settings": "test_params:Demo"}
+    path = root / "notebooks" / "00_demo.ipynb"
+    nbformat.write(nb, path)
+    assert chapters.write_parameters_cell(path)
+    source = nbformat.read(path, as_version=4).cells[0].source
+    assert 'gamma = "best"' in source and "results_dir" in source and "store_dir" in source
+    namespace: dict = {}
+    exec(source, namespace)
+    assert Demo.from_notebook(namespace).gamma == "best"
+    assert "gamma" in chapters.parameters_table("00_demo", root)
+    (root / "book" / "profiles" / "smoke.yaml").write_text("00_demo: {gamma: 2.0}\n")
+    chapters.validate_profile("smoke", root)
+    assert chapters.prepare("00_demo", profile="smoke", root=root)[2]["gamma"] == 2.0
+    (root / "book" / "profiles" / "smoke.yaml").write_text("00_demo: {gamm: 2.0}\n")
+    with pytest.raises(ParameterError, match="gamm"):
+        chapters.validate_profile("smoke", root)
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -116,17 +169,11 @@ def test_cli_names_the_parameter(capsys, monkeypatch):
     assert "epochs = 0" in err and "Traceback" not in err
 
 
-def test_every_profile_passes_the_value_checks():
-    from fernb.studies import chapter_rules
-    for profile in runner.PROFILES:
-        for name, values in runner.load_profile(profile, ROOT).items():
-            path = runner.resolve_notebook(name, ROOT)
-            defaults = {n: p.default for n, p in runner.notebook_parameters(path).items()}
-            effective = defaults | runner.validate_parameters(path, values)
-            problems = chapter_rules(name).problems(effective, given=set(values))
-            if profile == "paper":  # the paper profile needs the real datasets' folders
-                problems = [p for p in problems if "needs its folder" not in p]
-            assert not problems, (profile, name, problems)
+@pytest.mark.parametrize("profile", [p for p in chapters.PROFILES
+                                     if p == "cpu" or (ROOT / "book" / "profiles" /
+                                                       f"{p}.yaml").exists()])
+def test_every_profile_passes_the_value_checks(profile):
+    chapters.validate_profile(profile, ROOT)
 
 
 def test_the_folder_dataset_is_checked_before_the_kernel(tmp_path):

@@ -264,5 +264,7 @@ def test_figures_return_figures():
         figures.confusion_matrix(np.eye(2), ("a", "b", "c"))
 
 
-def test_environment_is_json_serialisable():
+def test_environment_records_the_precision_the_run_resolves_to():
     json.dumps(report.environment())
+    assert report.environment({"device": "cpu", "precision": "fp32"})["precision"] == "fp32"
+    assert report.environment({"device": "cpu", "precision": "bf16"})["precision"] == "bf16"

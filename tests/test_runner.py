@@ -2,24 +2,34 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from fernb import cli, runner
+from fernb import chapters, cli, runner
+from fernb.params import ChapterSettings, param
+
+
+@dataclass(frozen=True)
+class DemoSettings(ChapterSettings):
+    epochs: int = param(2, None, "epochs")
+    lr: float = param(0.1, None, "learning rate")
+    name: str = param("synth-lab", None, "a dataset")
+    use_cuda: bool = param(False, None, "a flag")
+    sizes: list[int] = param([48, 96], None, "image sizes")
 
 
 def _notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(
-        "epochs = 2\nlr = 0.1\nname = 'synth-lab'\nuse_cuda = False\nsizes = [48, 96]\n"
-        "results_dir = 'results'")
+    params = nbformat.v4.new_code_cell(DemoSettings.parameters_cell("results"))
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# Demo"), params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
+    nb.metadata["fernb"] = {"settings": "test_runner:DemoSettings"}
     nbformat.write(nb, path)
 
 
@@ -39,10 +49,12 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_parameters_read_from_the_parameters_cell(project: Path) -> None:
-    params = runner.notebook_parameters(project / "notebooks" / "00_demo.ipynb")
-    assert params["epochs"].default == 2 and params["lr"].default == 0.1
-    assert params["sizes"].default == [48, 96]
+def test_parameters_come_from_the_declaration_the_notebook_names(project: Path) -> None:
+    path = project / "notebooks" / "00_demo.ipynb"
+    assert chapters.settings_of(path) is DemoSettings
+    _, given, effective = chapters.prepare("00_demo", profile="smoke", root=project)
+    assert given == {"epochs": 1}
+    assert effective == {**DemoSettings.defaults(), "epochs": 1}
 
 
 def test_unknown_parameter_lists_the_valid_ones(project: Path) -> None:
@@ -57,13 +69,13 @@ def test_unknown_parameter_lists_the_valid_ones(project: Path) -> None:
                                          ("sizes", "48"), ("epochs", "1.5")])
 def test_wrong_type_is_rejected(project: Path, name: str, value: str) -> None:
     with pytest.raises(runner.ParameterError, match=name):
-        runner.validate_parameters(project / "notebooks" / "00_demo.ipynb", {name: value})
+        chapters.prepare("00_demo", overrides={name: value}, root=project)
 
 
 def test_cli_strings_are_coerced(project: Path) -> None:
-    values = runner.validate_parameters(project / "notebooks" / "00_demo.ipynb",
-                                        {"epochs": "3", "lr": "1", "use_cuda": "true",
-                                         "sizes": "[32, 64]", "name": "synth-wild"})
+    _, values, _ = chapters.prepare("00_demo", root=project, overrides={
+        "epochs": "3", "lr": "1", "use_cuda": "true", "sizes": "[32, 64]",
+        "name": "synth-wild"})
     assert values == {"epochs": 3, "lr": 1.0, "use_cuda": True, "sizes": [32, 64],
                       "name": "synth-wild"}
 
@@ -88,7 +100,8 @@ def test_run_writes_outputs_and_versions_on_parameter_change(project: Path, caps
     assert json.loads((out / "metrics.json").read_text()) == {"epochs": 1, "lr": 0.1}
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"] == {"epochs": 1, "lr": 0.1, "name": "synth-lab",
-                                 "use_cuda": False, "sizes": [48, 96]}
+                                 "use_cuda": False, "sizes": [48, 96], "seed": 0,
+                                 "precision": "auto", "device": "auto"}
     assert run["status"] == "finished" and run["seconds"] == round(result.seconds, 1)
     assert result.results_dir == out and result.output == out / "00_demo.ipynb"
     assert not (project / "book" / "_generated").exists(), "only `fernb book` publishes"
@@ -145,10 +158,10 @@ def test_cli_bogus_parameter_fails_fast(project: Path, monkeypatch, capsys) -> N
 
 
 def test_params_table_shows_profile_values(project: Path) -> None:
-    table = runner.parameters_table("00_demo", root=project)
+    table = chapters.parameters_table("00_demo", root=project)
     header, *rows = table.splitlines()
-    assert header.split() == ["parameter", "default", "smoke"]
-    assert any(r.split()[:3] == ["epochs", "2", "1"] for r in rows)
+    assert header.split() == ["parameter", "type", "default", "(cpu)", "smoke", "help"]
+    assert any(r.split() == ["epochs", "int", "2", "1", "epochs"] for r in rows)
     assert not any(r.startswith("results_dir") for r in rows)
 
 

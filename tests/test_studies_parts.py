@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fernb import runner
+from fernb import chapters
 from fernb.data.datasets import FaceDataset
 from fernb.labels import EMOTIONS_7, EMOTIONS_8
 from fernb.params import ParameterError
@@ -67,19 +67,16 @@ def results(data, tmp_path_factory) -> study.StudyResults:
 # ------------------------------------------------------------------------------ parameters
 
 def defaults() -> dict:
-    return {n: p.default for n, p in runner.notebook_parameters(NOTEBOOK).items()
-            if n != "results_dir"}
+    return study.Settings.defaults()
 
 
-def test_every_parameter_of_the_notebook_is_declared_and_the_defaults_pass():
-    values = defaults()
-    assert set(values) == set(study.PARAMETERS.values)
-    study.PARAMETERS.check(values)
-    for profile in runner.PROFILES:
-        overrides = runner.load_profile(profile, ROOT)["03_fll_to_fer"]
+def test_the_defaults_and_the_profiles_pass():
+    study.Settings.check(defaults())
+    for profile in ("smoke", "paper"):
+        overrides = chapters.load_profile(profile, ROOT)["03_fll_to_fer"]
         if profile == "paper":  # the real datasets' folders come on the command line
             overrides |= {"data_root": "/data/CK+", "wild_root": "/data/SFEW"}
-        study.PARAMETERS.check({**values, **overrides}, given=set(overrides))
+        study.Settings.check({**defaults(), **overrides}, given=set(overrides))
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -101,12 +98,12 @@ def test_every_parameter_of_the_notebook_is_declared_and_the_defaults_pass():
 ])
 def test_bad_values_are_named(name, value, message):
     with pytest.raises(ParameterError, match=re.escape(message)):
-        study.PARAMETERS.check({**defaults(), name: value})
+        study.Settings.check({**defaults(), name: value})
 
 
 def test_a_real_dataset_needs_its_folder():
     with pytest.raises(ParameterError, match="wild_dataset = 'sfew' needs its folder"):
-        study.PARAMETERS.check({**defaults(), "wild_dataset": "sfew"})
+        study.Settings.check({**defaults(), "wild_dataset": "sfew"})
 
 
 # ---------------------------------------------------------------------- the stored study

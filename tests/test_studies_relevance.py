@@ -10,9 +10,8 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from fernb import runner
+from fernb import chapters
 from fernb.data import synthetic
 from fernb.params import ParameterError
 from fernb.report import Claim, paper_results, paper_vs_book
@@ -31,13 +30,11 @@ def prep() -> study.Prepared:
 
 @pytest.fixture(scope="module")
 def defaults() -> dict:
-    return {n: p.default for n, p in runner.notebook_parameters(NOTEBOOK).items()
-            if n != "results_dir"}
+    return study.Settings.defaults()
 
 
-def test_every_parameter_of_the_notebook_is_declared(defaults) -> None:
-    assert set(defaults) == set(study.PARAMETERS.values)
-    study.PARAMETERS.check(defaults)
+def test_the_defaults_pass(defaults) -> None:
+    study.Settings.check(defaults)
 
 
 @pytest.mark.parametrize("name,value", [
@@ -49,7 +46,7 @@ def test_every_parameter_of_the_notebook_is_declared(defaults) -> None:
     ("patience", -1), ("device", "tpu"), ("seed", -3), ("data_root", 3), ("wild_root", None),
 ])
 def test_a_bad_value_is_rejected_by_name(defaults, name, value) -> None:
-    problems = study.PARAMETERS.problems({**defaults, name: value})
+    problems = study.Settings.problems({**defaults, name: value})
     assert problems and any(p.startswith(f"{name} = ") for p in problems), problems
 
 
@@ -66,14 +63,14 @@ def test_a_bad_value_is_rejected_by_name(defaults, name, value) -> None:
     ({"data_root": "/somewhere"}, ["data_root", "synth-lab"]),
 ])
 def test_relations_name_the_parameters_involved(defaults, changes, names) -> None:
-    problems = " | ".join(study.PARAMETERS.problems({**defaults, **changes}))
+    problems = " | ".join(study.Settings.problems({**defaults, **changes}))
     assert problems and all(n in problems for n in names), problems
 
 
 def test_a_synthetic_only_parameter_set_with_a_real_dataset_is_an_error(defaults) -> None:
     values = {**defaults, "dataset": "ckplus", "data_root": "/data/CK+"}
-    assert not study.PARAMETERS.problems(values)
-    problems = study.PARAMETERS.problems(values, given={"n_subjects"})
+    assert not study.Settings.problems(values)
+    problems = study.Settings.problems(values, given={"n_subjects"})
     assert any("n_subjects" in p and "not used" in p for p in problems)
 
 
@@ -295,19 +292,11 @@ def test_every_command_of_the_chapter_passes_the_parameter_checks() -> None:
                 profile, i = argv[i + 1], i + 2
             else:
                 raise AssertionError(f"unexpected argument {argv[i]!r} in {argv}")
-        path = runner.resolve_notebook("02_relevance_maps", ROOT)
-        given = {**runner.load_profile(profile, ROOT).get(path.stem, {}), **overrides}
-        params = runner.validate_parameters(path, given)
-        defaults = {n: p.default for n, p in runner.notebook_parameters(path).items()
-                    if n != "results_dir"}
+        path = chapters.resolve_notebook("02_relevance_maps", ROOT)
+        given = {**chapters.profile_values(profile, path, ROOT),
+                 **study.Settings.given(overrides)}
         try:
-            runner.check_values(path.stem, defaults | params, set(overrides))
+            study.Settings.check(study.Settings.defaults() | given, set(overrides))
         except ParameterError as err:  # pragma: no cover - the message is the point
             raise AssertionError(f"{' '.join(argv)}:\n{err}") from None
 
-
-def test_profiles_repeat_the_notebook_defaults_in_cpu(defaults) -> None:
-    cpu = yaml.safe_load((ROOT / "book" / "profiles" / "cpu.yaml").read_text())
-    block = cpu["02_relevance_maps"]
-    assert all(defaults[k] == v for k, v in block.items()), \
-        {k: (defaults[k], v) for k, v in block.items() if defaults[k] != v}

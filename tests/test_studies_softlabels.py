@@ -57,29 +57,30 @@ def _config(**changes) -> study.Config:
 
 
 def test_the_cpu_values_pass_and_each_bad_value_is_named() -> None:
-    study.PARAMETERS.check(CPU, given=set(CPU))
+    study.Settings.check(CPU, given=set(CPU))
     bad = {"gamma_grid": [2.0, 1.0], "fixed_gamma": "worst", "finetune": "some",
            "weights": 3, "lr_decay_at": 0, "width": 2.0, "n_members": 5,
            "soft_labels_from": "both", "repeats": 0}
     for name, value in bad.items():
-        problems = study.PARAMETERS.problems({**CPU, name: value}, given=set(CPU))
+        problems = study.Settings.problems({**CPU, name: value}, given=set(CPU))
         assert problems and all(name in p for p in problems), (name, problems)
     with pytest.raises(ParameterError, match="no contempt class"):
-        study.PARAMETERS.check({**CPU, "dataset": "synth-lab", "source": "synth-wild"})
+        study.Settings.check({**CPU, "dataset": "synth-lab", "source": "synth-wild"})
     with pytest.raises(ParameterError, match="pretrain_on_source"):
-        study.PARAMETERS.check({**CPU, "source": "synth-wild", "source_subjects": 60})
+        study.Settings.check({**CPU, "source": "synth-wild", "source_subjects": 60})
     with pytest.raises(ParameterError, match="soft_labels_from is not used"):
-        study.PARAMETERS.check({**CPU, "source": "synth-wild", "pretrain_on_source": False},
+        study.Settings.check({**CPU, "source": "synth-wild", "pretrain_on_source": False},
                                given={"soft_labels_from"})
     with pytest.raises(ValueError, match="n_members"):
         _config(n_members=3)
 
 
-def test_a_fixed_gamma_may_be_a_number_or_its_text() -> None:
-    for value in ("best", 2.2, "2.2"):
-        assert not study.PARAMETERS.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
-    for value in ("2.2x", 0, "11"):
-        assert study.PARAMETERS.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
+def test_a_fixed_gamma_is_best_or_a_number() -> None:
+    for value in ("best", 2.2):
+        assert not study.Settings.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
+    for value in ("2.2x", 0, 11.0, "2.2"):
+        assert study.Settings.problems({**CPU, "fixed_gamma": value}, given=set(CPU))
+    assert study.Settings.given({"fixed_gamma": "2.2"}) == {"fixed_gamma": 2.2}
 
 
 def test_prototype_reference_by_hand() -> None:

@@ -8,7 +8,9 @@ mechanism knob off and on (:mod:`fernb.data.synthetic`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,27 +25,42 @@ from fernb.data.splits import holdout
 from fernb.evaluate import accuracy, per_class_recall, predict, top_confusions
 from fernb.figures import image_grid
 from fernb.models.esr import single_network
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Device, Range, Rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Range, Relation, Unused,
+                          param, relation)
 from fernb.train import FitConfig, History, fit, sgd
 
-PARAMETERS = Rules(
-    values={
-        "n_subjects_lab": Range(4, 10_000, integer=True),
-        "n_subjects_wild": Range(4, 10_000, integer=True),
-        "display_size": Range(synthetic.MIN_SIZE, synthetic.MAX_SIZE, integer=True),
-        "n_folds": Range(3, 100, integer=True),
-        "image_size": Range(48, synthetic.MAX_SIZE, integer=True),
-        "wild_size": Range(48, synthetic.MAX_SIZE, integer=True),
-        "width": Range(0, 4, open_low=True), "wild_width": Range(0, 4, open_low=True),
-        "epochs": POSITIVE_INT, "wild_epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
-        "lr": LEARNING_RATE, "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/00_data.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    n_subjects_lab: int = param(40, Range(4, 10_000, integer=True),
+                                "subjects in synth-lab (CK+ has 123)")
+    n_subjects_wild: int = param(60, Range(4, 10_000, integer=True),
+                                 "subjects in synth-wild (40 images each)")
+    display_size: int = param(96, Range(synthetic.MIN_SIZE, synthetic.MAX_SIZE, integer=True),
+                              "image size of the figures")
+    n_folds: int = param(10, Range(3, 100, integer=True),
+                         "folds of the ESR protocol table (paper: 10)")
+    image_size: int = param(48, Range(48, synthetic.MAX_SIZE, integer=True),
+                            "image size of the synth-lab calibration baseline")
+    wild_size: int = param(64, Range(48, synthetic.MAX_SIZE, integer=True),
+                           "image size of the synth-wild baseline (blur and pose need pixels)")
+    width: float = param(0.5, Range(0, 4, open_low=True),
+                         "channel multiplier of the baseline network (1.0 is the paper network)")
+    epochs: int = param(15, POSITIVE_INT, "training epochs of the synth-lab baseline")
+    wild_width: float = param(0.25, Range(0, 4, open_low=True),
+                              "channel multiplier of the synth-wild baseline")
+    wild_epochs: int = param(20, POSITIVE_INT, "training epochs of the synth-wild baseline")
+    batch_size: int = param(32, POSITIVE_INT, "mini-batch size of both baselines")
+    lr: float = param(0.05, LEARNING_RATE, "SGD learning rate of both baselines")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         relation(("n_folds", "n_subjects_lab"), lambda v: v["n_folds"] <= v["n_subjects_lab"],
                  lambda v: f"n_folds = {v['n_folds']} subject-independent folds need at least "
                            f"as many subjects: n_subjects_lab = {v['n_subjects_lab']}"),
-    ],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = ()
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ from fernb.evaluate import accuracy, accuracy_table, aggregate_folds, paired_tte
 from fernb.explain import chance_level, evidence_score, gradcam
 from fernb.io import atomic_savez, atomic_write_json, atomic_write_text, read_json
 from fernb.models.esr import ESR, single_network, traditional_ensemble
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, DatasetName, Device,
-                          ListOf, MappingOf, Range, Rules, dataset_rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, DatasetName, ListOf,
+                          MappingOf, Range, Relation, Unused, dataset_rules, param, relation)
 from fernb.report import Claim
 from fernb.train import (STRATEGIES, FitConfig, History, Schedule, balanced_subset,
                          finetune_affect, fit, quadrants, sgd, train_bagging, train_esr)
@@ -60,25 +61,61 @@ def _saliency_ok(v: Mapping) -> bool:
             and run[1] in v["grid"].get(run[0], ()))
 
 
-PARAMETERS = Rules(
-    values={
-        "dataset": DatasetName(LAB_DATASETS), "n_subjects": Range(4, 10_000, integer=True),
-        "image_size": Range(48, 224, integer=True), "width": Range(0, 4, open_low=True),
-        "n_folds": Range(3, 100, integer=True), "n_train_folds": POSITIVE_INT,
-        "trials": ListOf(Range(0, integer=True), unique=True),
-        "grid": MappingOf(Choice(*STRATEGIES), ListOf(Range(1, 5, integer=True), unique=True)),
-        "epochs": POSITIVE_INT, "lr": LEARNING_RATE, "lr_trained": LEARNING_RATE,
-        "lr_step": POSITIVE_INT, "batch_size": POSITIVE_INT, "augment": Choice(*AUGMENTATIONS),
-        "milestones": ListOf(POSITIVE_INT, unique=True),
-        "wild_dataset": DatasetName(WILD_DATASETS), "wild_subjects": Range(4, 10_000, integer=True),
-        "wild_size": Range(56, 224, integer=True), "wild_width": Range(0, 4, open_low=True),
-        "wild_branches": Range(1, 32, integer=True), "wild_per_class": POSITIVE_INT,
-        "wild_epochs_first": POSITIVE_INT, "wild_epochs": POSITIVE_INT,
-        "wild_lr": LEARNING_RATE, "wild_lr_trained": LEARNING_RATE,
-        "wild_lr_step": POSITIVE_INT, "wild_augment": Choice(*AUGMENTATIONS),
-        "affect_epochs": POSITIVE_INT, "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/01_esr.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    dataset: str = param("synth-lab", DatasetName(LAB_DATASETS),
+                         'or a real dataset, e.g. "ckplus" (set data_root)')
+    data_root: str = param("", None, "folder of a real dataset")
+    n_subjects: int = param(40, Range(4, 10_000, integer=True), "synthetic subjects (CK+ has 123)")
+    image_size: int = param(48, Range(48, 224, integer=True), "paper: 96")
+    width: float = param(0.25, Range(0, 4, open_low=True),
+                         "channel multiplier, 1.0 is the paper network")
+    n_folds: int = param(6, Range(3, 100, integer=True), "subject-independent folds (paper: 10)")
+    n_train_folds: int = param(4, POSITIVE_INT,
+                               "training folds per trial (paper: 4), one bag per branch")
+    trials: list[int] = param([0, 1, 2], ListOf(Range(0, integer=True), unique=True),
+                              "test folds to run (paper: all ten)")
+    grid: dict[str, list[int]] = param(
+        {"varied": [3, 4, 5], "frozen": [3], "interleaved": [3]},
+        MappingOf(Choice(*STRATEGIES), ListOf(Range(1, 5, integer=True), unique=True)),
+        "strategy -> branching levels of the ESR-4 runs (paper: every level, varied)")
+    epochs: int = param(6, POSITIVE_INT, "epochs per added branch or network")
+    lr: float = param(0.05, LEARNING_RATE, "paper: 0.1")
+    lr_trained: float = param(0.01, LEARNING_RATE,
+                              "trained branches under the varied strategy (paper: 0.02)")
+    lr_step: int = param(250, POSITIVE_INT,
+                         "epochs between halvings of the learning rate (paper: 250)")
+    batch_size: int = param(64, POSITIVE_INT, "mini-batch size (paper: 32)")
+    augment: str = param("flip", Choice(*AUGMENTATIONS),
+                         '"esr" is the paper augmentation (rotation, scale, jitter, flip)')
+    milestones: list[int] = param([1, 3, 6], ListOf(POSITIVE_INT, unique=True),
+                                  "epochs of a new branch at which saliency maps are drawn")
+    saliency_run: list[str | int] = param(["varied", 3], None,
+                                          "[strategy, level] of the ESR whose maps are drawn")
+    wild_dataset: str = param("synth-wild", DatasetName(WILD_DATASETS),
+                              'ESR-9 data; the paper uses "affectnet" (set wild_root)')
+    wild_root: str = param("", None, "folder of the real in-the-wild dataset")
+    wild_subjects: int = param(60, Range(4, 10_000, integer=True), "synth-wild subjects for ESR-9")
+    wild_size: int = param(64, Range(56, 224, integer=True), "paper: 96")
+    wild_width: float = param(0.125, Range(0, 4, open_low=True), "paper: 1.0")
+    wild_branches: int = param(4, Range(1, 32, integer=True), "paper: 9")
+    wild_per_class: int = param(150, POSITIVE_INT, "balanced subsets of up to this many "
+                                "images per class (paper: 5000)")
+    wild_epochs_first: int = param(8, POSITIVE_INT,
+                                   "epochs of the first branch (authors' code: 50)")
+    wild_epochs: int = param(8, POSITIVE_INT, "epochs of each later branch (authors' code: 20)")
+    wild_lr: float = param(0.1, LEARNING_RATE, "paper: 0.1")
+    wild_lr_trained: float = param(0.01, LEARNING_RATE, "trained branches (paper: 0.01)")
+    wild_lr_step: int = param(10, POSITIVE_INT,
+                              "epochs between halvings of the learning rate (paper: 10)")
+    wild_augment: str = param("flip", Choice(*AUGMENTATIONS), 'paper: "esr"')
+    affect_epochs: int = param(2, POSITIVE_INT,
+                               "epochs per valence/arousal head (paper: not given)")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         *_LAB_RELATIONS, *_WILD_RELATIONS,
         relation(("n_train_folds", "n_folds"), lambda v: v["n_train_folds"] <= v["n_folds"] - 2,
                  lambda v: f"n_train_folds = {v['n_train_folds']} leaves no test and "
@@ -101,9 +138,8 @@ PARAMETERS = Rules(
                            f"a run in grid = {v['grid']} whose branches are added one at a "
                            f"time (not 'interleaved'), e.g. -p saliency_run "
                            f"\"{_saliency_example(v['grid'])}\""),
-    ],
-    unused=[*_LAB_UNUSED, *_WILD_UNUSED],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = (*_LAB_UNUSED, *_WILD_UNUSED)
 
 INITS = ("own", "same")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -55,8 +55,9 @@ from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, \
 from fernb.losses import MultiLoss, balanced_class_weights
 from fernb.models.backbones import build_backbone
 from fernb.models.faml import FAML, r18_faml
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
-                          Device, ListOf, Range, Rules, Unused, dataset_rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
+                          DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
+                          relation)
 from fernb.report import Claim
 from fernb.seeding import derive_seed, seeded
 from fernb.train import FitConfig, Schedule, adam, fit, sgd
@@ -130,25 +131,59 @@ class _WeightsFile(Constraint):
 
 _RELATIONS, _UNUSED = dataset_rules("dataset", "data_root", ("n_subjects",))
 
-PARAMETERS = Rules(
-    values={
-        "dataset": DatasetName(DATASETS), "n_subjects": Range(8, 10_000, integer=True),
-        "image_size": Range(48, 224, integer=True), "width": Range(0, 4, open_low=True),
-        "weights": _WeightsFile(), "backbones": ListOf(Choice(*TABLE6_BACKBONES), min_len=0,
-                                                  unique=True),
-        "backbone_weights": WeightFiles(),
-        "pretrain_subjects": Range(8, 10_000, integer=True), "pretrain_epochs": POSITIVE_INT,
-        "pretrain_lr": LEARNING_RATE,
-        "n_networks": Range(2, 16, integer=True), "replicates": Range(1, 50, integer=True),
-        "ablation_replicates": Range(0, 50, integer=True),
-        "fa_networks": Range(1, 16, integer=True), "fga_generations": Range(1, 10, integer=True),
-        "lr1": LEARNING_RATE, "lr2": LEARNING_RATE, "max_epochs1": POSITIVE_INT,
-        "epochs2": POSITIVE_INT, "step_size": POSITIVE_INT, "batch_size": POSITIVE_INT,
-        "p_lsr": Range(0, 1), "epsilon": Range(0, 0.85), "class_weighted": Choice(True, False),
-        "augment": Choice(*AUGMENTATIONS), "alpha": Range(0, 100, open_low=True),
-        "beta": Range(0, 100), "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/05_faml_t2v.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    dataset: str = param("synth-wild", DatasetName(DATASETS),
+                         'or a real dataset, e.g. "rafdb" (set data_root)')
+    data_root: str = param("", None, "folder of a real dataset")
+    n_subjects: int = param(60, Range(8, 10_000, integer=True),
+                            "synthetic subjects (40 images each)")
+    image_size: int = param(48, Range(48, 224, integer=True), "paper: 224")
+    width: float = param(0.125, Range(0, 4, open_low=True),
+                         "channel multiplier of every ResNet, 1.0 is the paper network")
+    weights: str = param("", _WeightsFile(),
+                         'R18\'s weights file (paper: MS-Celeb-1M); "": pre-train on synth-lab')
+    backbones: list[str] = param([], ListOf(Choice(*TABLE6_BACKBONES), min_len=0, unique=True),
+                                 'extra Table 6 rows, e.g. ["ResNet34"] (paper: RI18, '
+                                 'ResNet34, VGG16, DenseNet121)')
+    backbone_weights: dict[str, str] = param({}, WeightFiles(), "row -> weights file (paper: "
+                                             "ImageNet); rows without one are pre-trained here")
+    pretrain_subjects: int = param(40, Range(8, 10_000, integer=True),
+                                   "synth-lab subjects of the pre-training")
+    pretrain_epochs: int = param(12, POSITIVE_INT,
+                                 "epochs of the pre-training (SGD with cosine annealing)")
+    pretrain_lr: float = param(0.05, LEARNING_RATE, "SGD learning rate of the pre-training")
+    n_networks: int = param(4, Range(2, 16, integer=True), "networks per ensemble (paper: 6)")
+    replicates: int = param(3, Range(1, 50, integer=True),
+                            "ensembles per basic network, other draws (paper: 1)")
+    ablation_replicates: int = param(1, Range(0, 50, integer=True),
+                                     "replicates that also train R18+FA, R18 from scratch and FGA")
+    fa_networks: int = param(2, Range(1, 16, integer=True),
+                             "networks of R18+FA and of R18 from scratch per such replicate")
+    fga_generations: int = param(1, Range(1, 10, integer=True),
+                                 "FGA generations (paper: not given)")
+    lr1: float = param(0.001, LEARNING_RATE, "Lr_1, Adam with cosine annealing (paper: 0.0003)")
+    lr2: float = param(1e-05, LEARNING_RATE, "Lr_2, Adam with StepLR (paper: 0.00001)")
+    max_epochs1: int = param(4, POSITIVE_INT, "phase 1 ends when the training loss is stable "
+                             "or here (paper: stable)")
+    epochs2: int = param(1, POSITIVE_INT, "epochs of phase 2 (paper: not given)")
+    step_size: int = param(5, POSITIVE_INT, "StepLR step of phase 2 (paper: not given)")
+    batch_size: int = param(64, POSITIVE_INT, "paper: 128 on RAF-DB, 256 on AffectNet")
+    p_lsr: float = param(0.8, Range(0, 1),
+                         "probability of the LSR loss per batch (paper: 0.8 RAF-DB, 0.2 AffectNet)")
+    epsilon: float = param(0.1, Range(0, 0.85), "label smoothing, eq. 4 (paper: 0.1)")
+    class_weighted: bool = param(False, Choice(True, False),
+                                 "weighted cross-entropy (paper: AffectNet only)")
+    augment: str = param("flip", Choice(*AUGMENTATIONS),
+                         "paper: horizontal flips with probability 0.5")
+    alpha: float = param(1.9, Range(0, 100, open_low=True),
+                         "T2V weight of a first place (paper: 1.9)")
+    beta: float = param(1.0, Range(0, 100), "T2V weight of a second place (paper: 1.0)")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         *_RELATIONS,
         relation(("ablation_replicates", "replicates"),
                  lambda v: v["ablation_replicates"] <= v["replicates"],
@@ -169,12 +204,13 @@ PARAMETERS = Rules(
         relation(("weights", "width"), lambda v: not v["weights"] or v["width"] == 1.0,
                  lambda v: f"weights = {v['weights']!r} fits the full ResNet-18: width = "
                            f"{v['width']} must be 1.0"),
-    ],
-    unused=[*_UNUSED,
-            Unused(("pretrain_subjects", "pretrain_epochs", "pretrain_lr"), _pretraining_unused,
-                   lambda v: "every network starts from a weights file, so nothing is "
-                             "pre-trained on synth-lab")],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = (
+        *_UNUSED,
+        Unused(("pretrain_subjects", "pretrain_epochs", "pretrain_lr"), _pretraining_unused,
+               lambda v: "every network starts from a weights file, so nothing is "
+                         "pre-trained on synth-lab"),
+    )
 
 
 # ----------------------------------------------------------------------------- data

@@ -36,6 +36,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import cv2
@@ -64,8 +65,9 @@ from fernb.models.members import Members
 from fernb.models.parts import (ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, complexity_summary,
                                 expression_network, normalise_landmarks, paper_layers,
                                 part_ensemble, pixel_landmarks)
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
-                          Device, ListOf, Range, Rules, dataset_rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
+                          DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
+                          relation)
 from fernb.report import Claim
 from fernb.seeding import derive_seed
 from fernb.train import History
@@ -98,26 +100,56 @@ class Folder(Constraint):
         return None if isinstance(value, str) else self.describe()
 
 
-PARAMETERS = Rules(
-    values={
-        "dataset": DatasetName(LAB_DATASETS), "data_root": Folder(),
-        "n_subjects": Range(4, 10_000, integer=True),
-        "wild_dataset": DatasetName(WILD_DATASETS), "wild_root": Folder(),
-        "wild_subjects": Range(4, 10_000, integer=True),
-        "image_size": Range(48, 224, integer=True), "width": Range(0, 4, open_low=True),
-        "clahe": _BOOL, "n_folds": Range(3, 100, integer=True),
-        "trials": ListOf(Range(0, integer=True), unique=True),
-        "n_networks": Range(1, 20, integer=True),
-        "direct_epochs": POSITIVE_INT, "landmark_epochs": POSITIVE_INT,
-        "head_epochs": POSITIVE_INT, "finetune_epochs": POSITIVE_INT,
-        "wild_direct_epochs": POSITIVE_INT, "wild_landmark_epochs": POSITIVE_INT,
-        "wild_finetune_epochs": POSITIVE_INT,
-        "direct_lr": LEARNING_RATE, "landmark_lr": LEARNING_RATE, "head_lr": LEARNING_RATE,
-        "finetune_lr": LEARNING_RATE, "batch_size": POSITIVE_INT, "patience": POSITIVE_INT,
-        "augment": Choice(*AUGMENTS), "head_augment": _BOOL,
-        "gradcam_images": Range(1, 1000, integer=True), "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/03_fll_to_fer.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    dataset: str = param("synth-lab", DatasetName(LAB_DATASETS),
+                         'lab set; the paper uses "ckplus" or "jaffe" (set data_root)')
+    data_root: str = param("", Folder(), "folder of a real lab dataset")
+    n_subjects: int = param(40, Range(4, 10_000, integer=True), "synth-lab subjects (CK+ has 123)")
+    wild_dataset: str = param("synth-wild", DatasetName(WILD_DATASETS),
+                              'in-the-wild set; the paper uses "sfew" (set wild_root)')
+    wild_root: str = param("", Folder(), "folder of a real in-the-wild dataset")
+    wild_subjects: int = param(30, Range(4, 10_000, integer=True),
+                               "synth-wild subjects, 40 images each")
+    image_size: int = param(48, Range(48, 224, integer=True), "paper: 160")
+    width: float = param(0.25, Range(0, 4, open_low=True),
+                         "channel multiplier, 1.0 is the paper network")
+    clahe: bool = param(True, _BOOL, "contrast-limited histogram equalisation (paper: True)")
+    n_folds: int = param(5, Range(3, 100, integer=True),
+                         "subject-independent folds of the lab set (paper: 10)")
+    trials: list[int] = param([0], ListOf(Range(0, integer=True), unique=True),
+                              "test folds to run (paper: all ten)")
+    n_networks: int = param(5, Range(1, 20, integer=True),
+                            "networks of the Baseline and FTL ensembles (paper: 5)")
+    direct_epochs: int = param(10, POSITIVE_INT, "Baseline, expressions (paper, CK+: 400)")
+    landmark_epochs: int = param(6, POSITIVE_INT, "stage 1, FLL pre-training (paper, CK+: 100)")
+    head_epochs: int = param(2, POSITIVE_INT,
+                             'stage 2, head on the frozen extractor (paper: "a few", 10)')
+    finetune_epochs: int = param(8, POSITIVE_INT,
+                                 "stage 3, fine-tuning (paper, CK+: 290); with stage 2 as direct")
+    wild_direct_epochs: int = param(10, POSITIVE_INT,
+                                    "the same three budgets in the wild (paper, SFEW: 400)")
+    wild_landmark_epochs: int = param(6, POSITIVE_INT, "paper, SFEW: 200")
+    wild_finetune_epochs: int = param(8, POSITIVE_INT, "paper, SFEW: 190")
+    direct_lr: float = param(0.01, LEARNING_RATE, "paper: 1e-2")
+    landmark_lr: float = param(0.01, LEARNING_RATE, "paper: 1e-2")
+    head_lr: float = param(0.01, LEARNING_RATE, "paper: 1e-2")
+    finetune_lr: float = param(0.005, LEARNING_RATE,
+                               'paper: 1e-4 over ~50 times the steps (see "A fair budget")')
+    batch_size: int = param(32, POSITIVE_INT, "paper: 32")
+    patience: int = param(20, POSITIVE_INT,
+                          'early stopping on the validation loss (paper: "saturation")')
+    augment: str = param("paper", Choice(*AUGMENTS),
+                         'flips, rotation, translation moving the landmarks; or "none"')
+    head_augment: bool = param(False, _BOOL,
+                               "augment stage 2 too (paper: True); False reuses its features")
+    gradcam_images: int = param(48, Range(1, 1000, integer=True),
+                                "lab test faces for the Grad-CAM evidence scores")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         *_LAB_RELATIONS, *_WILD_RELATIONS,
         relation(("trials", "n_folds"), lambda v: max(v["trials"]) < v["n_folds"],
                  lambda v: f"trials = {v['trials']}: a trial is a test fold, so each must be "
@@ -127,9 +159,8 @@ PARAMETERS = Rules(
                  lambda v: f"n_subjects = {v['n_subjects']} cannot fill n_folds = "
                            f"{v['n_folds']} subject-independent folds: use at least "
                            f"{v['n_folds']} subjects"),
-    ],
-    unused=[*_LAB_UNUSED, *_WILD_UNUSED],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = (*_LAB_UNUSED, *_WILD_UNUSED)
 
 
 # ------------------------------------------------------------------------------ the data

@@ -48,7 +48,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -69,8 +69,9 @@ from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, \
 from fernb.losses import (RelevanceLoss, relevance_contiguity, relevance_mse,
                           relevance_sparsity)
 from fernb.models.relevance import MAP_ACTIVATIONS, BaselineCNN, RelevanceNet, target_maps
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
-                          Device, ListOf, Range, Relation, Rules, dataset_rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
+                          DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
+                          relation)
 from fernb.report import Claim
 from fernb.train import FitConfig, History, Schedule, adam, fit
 
@@ -126,31 +127,65 @@ def _folds_ok(folds: str, subjects: str, dataset: str) -> Relation:
                   f"subject, need at least {2 * v[folds]} subjects; {subjects} = {v[subjects]}")
 
 
-PARAMETERS = Rules(
-    values={
-        "dataset": DatasetName(LAB_DATASETS), "data_root": Folder(),
-        "n_subjects": Range(4, 10_000, integer=True),
-        "image_size": Range(48, 224, integer=True), "width": Range(0, 4, open_low=True),
-        "n_folds": Range(2, 100, integer=True),
-        "variants": ListOf(Choice(*VARIANTS), unique=True),
-        "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "lr": LEARNING_RATE,
-        "lr_decay": Range(0, 1, open_low=True), "weight_decay": Range(0, 1),
-        "patience": Range(0, integer=True), "augment": Choice(True, False),
-        "lambda_fully": Range(0), "lambda_fully_low": Range(0),
-        "lambda_weakly": Range(0), "lambda_weakly_high": Range(0), "gamma": Range(0),
-        "weak_reduction": Choice(*WEAK_REDUCTIONS),
-        "sigma_fraction": Range(0, 0.5, open_low=True),
-        "map_activation": Choice(*MAP_ACTIVATIONS), "n_show": Range(1, 12, integer=True),
-        "wild_dataset": DatasetName(WILD_DATASETS), "wild_root": Folder(),
-        "wild_subjects": Range(4, 10_000, integer=True),
-        "pretrain_dataset": DatasetName(PRETRAIN_DATASETS), "pretrain_root": Folder(),
-        "pretrain_subjects": Range(4, 10_000, integer=True),
-        "wild_folds": Range(2, 100, integer=True),
-        "wild_variants": ListOf(Choice(*VARIANTS), unique=True),
-        "pretrain_epochs": POSITIVE_INT, "finetune_epochs": POSITIVE_INT,
-        "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/02_relevance_maps.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    dataset: str = param("synth-lab", DatasetName(LAB_DATASETS),
+                         '"ckplus" (Table 4) or "jaffe" (Table 5) with data_root')
+    data_root: str = param("", Folder(), "folder of a real dataset")
+    n_subjects: int = param(40, Range(4, 10_000, integer=True),
+                            "synthetic subjects (CK+ has 123, JAFFE 10)")
+    image_size: int = param(48, Range(48, 224, integer=True), "paper: 120")
+    width: float = param(0.125, Range(0, 4, open_low=True),
+                         "channel multiplier of every convolution; paper network: 1.0")
+    n_folds: int = param(3, Range(2, 100, integer=True),
+                         "subject-independent folds (paper: 10 on CK+, 3 on JAFFE)")
+    variants: list[str] = param(["baseline", "fully", "sparsity", "contiguity", "weakly",
+                                 "hybrid"], ListOf(Choice(*VARIANTS), unique=True),
+                                "the compared models of Tables 4-5")
+    epochs: int = param(10, POSITIVE_INT, "training epochs per fold (paper: not printed)")
+    batch_size: int = param(32, POSITIVE_INT, "paper: 50")
+    lr: float = param(0.001, LEARNING_RATE, "Adam learning rate (paper: grid search)")
+    lr_decay: float = param(0.99, Range(0, 1, open_low=True),
+                            "learning rate x 0.99 after every epoch (paper)")
+    weight_decay: float = param(0.0001, Range(0, 1), "l2 coefficient (paper: grid search)")
+    patience: int = param(0, Range(0, integer=True), "early stopping after this many epochs "
+                          "without a lower validation loss (0: off)")
+    augment: bool = param(False, Choice(True, False),
+                          "eq. 8 warp and eq. 9 contrast on training batches (paper: True)")
+    lambda_fully: float = param(10.0, Range(0), "weight of eq. 4 (paper, Fig. 9: 10)")
+    lambda_fully_low: float = param(5.0, Range(0), "Fig. 9, bottom row")
+    lambda_weakly: float = param(0.0001, Range(0), "weight of eq. 5 (paper, Fig. 10: 1e-4)")
+    lambda_weakly_high: float = param(0.01, Range(0), "Fig. 10, bottom row (over-regularised)")
+    gamma: float = param(1.0, Range(0), "weight of contiguity inside eq. 5 (paper: 1)")
+    weak_reduction: str = param("sum", Choice(*WEAK_REDUCTIONS),
+                                'eqs. 6-7 as sums over a 120 x 120 map; "mean": as printed')
+    sigma_fraction: float = param(0.025, Range(0, 0.5, open_low=True),
+                                  "target Gaussians' sigma / image side (3 px at 120 px)")
+    map_activation: str = param("linear", Choice(*MAP_ACTIVATIONS),
+                                "last layer of the facial-parts component (paper: linear)")
+    n_show: int = param(6, Range(1, 12, integer=True), "test faces in the relevance-map figures")
+    wild_dataset: str = param("synth-wild", DatasetName(WILD_DATASETS),
+                              'fine-tuning target (paper: "sfew", set wild_root)')
+    wild_root: str = param("", Folder(), "folder of the real in-the-wild dataset")
+    wild_subjects: int = param(16, Range(4, 10_000, integer=True),
+                               "synthetic target subjects, 40 images each")
+    pretrain_dataset: str = param("synth-wild", DatasetName(PRETRAIN_DATASETS),
+                                  'pre-training set (paper: "fer2013", set pretrain_root)')
+    pretrain_root: str = param("", Folder(), "folder of the real pre-training dataset")
+    pretrain_subjects: int = param(40, Range(4, 10_000, integer=True),
+                                   "synthetic pre-training subjects (other people)")
+    wild_folds: int = param(3, Range(2, 100, integer=True),
+                            "subject folds of a target without an official split")
+    wild_variants: list[str] = param(["baseline", "hybrid"], ListOf(Choice(*VARIANTS), unique=True),
+                                     "paper: the proposed model and the baseline")
+    pretrain_epochs: int = param(6, POSITIVE_INT, "epochs of the pre-training")
+    finetune_epochs: int = param(5, POSITIVE_INT,
+                                 "paper: about 25, until the validation loss rises")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         *_LAB_RELATIONS, *_WILD_RELATIONS, *_PRE_RELATIONS,
         relation(("image_size",), lambda v: v["image_size"] % 8 == 0,
                  lambda v: f"image_size = {v['image_size']} must be divisible by 8: the "
@@ -167,9 +202,8 @@ PARAMETERS = Rules(
         _landmarks_ok("wild_variants", "pretrain_dataset"),
         _folds_ok("n_folds", "n_subjects", "dataset"),
         _folds_ok("wild_folds", "wild_subjects", "wild_dataset"),
-    ],
-    unused=[*_LAB_UNUSED, *_WILD_UNUSED, *_PRE_UNUSED],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = (*_LAB_UNUSED, *_WILD_UNUSED, *_PRE_UNUSED)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -75,8 +75,9 @@ from fernb.evaluate import accuracy, normalized_confusion, paired_ttest, predict
 from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, read_json
 from fernb.losses import SoftLabelLoss
 from fernb.models.backbones import Backbone, VGGFaceInput, load_weights, vgg16
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, SEED, Choice, Constraint, DatasetName,
-                          Device, ListOf, Range, Rules, Unused, dataset_rules, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
+                          DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
+                          relation)
 from fernb.report import Claim
 from fernb.seeding import derive_seed, seeded
 from fernb.softlabels import (TABLE_1, TABLE_1_CLASSES, Violation, compare_soft_labels,
@@ -115,9 +116,7 @@ class _WeightsPath(Constraint):
 
 
 class _GammaOrBest(Constraint):
-    """``"best"`` (the sweep's best single gamma) or a positive number, also written as a
-    string ("2.2"): the parameter's default is the string "best", so the command line and the
-    profiles pass numbers as text."""
+    """``"best"`` (the sweep's best single gamma) or a positive number."""
 
     def describe(self) -> str:
         return "'best' (the sweep's best gamma) or a number in (0, 10]"
@@ -125,11 +124,6 @@ class _GammaOrBest(Constraint):
     def problem(self, value: Any) -> str | None:
         if value == "best":
             return None
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return self.describe()
         return Range(0, 10, open_low=True).problem(value) and self.describe()
 
 
@@ -141,24 +135,53 @@ def _ascending(values: Sequence[float]) -> bool:
     return all(b > a for a, b in zip(values, values[1:]))
 
 
-PARAMETERS = Rules(
-    values={
-        "dataset": DatasetName(DATASETS), "data_root": _Text(),
-        "n_subjects": Range(4, 10_000, integer=True),
-        "source": DatasetName(DATASETS), "source_root": _Text(),
-        "source_subjects": Range(4, 10_000, integer=True),
-        "image_size": Range(48, 224, integer=True), "width": Range(0, 1, open_low=True),
-        "weights": _WeightsPath(), "pretrain_on_source": Choice(True, False),
-        "finetune": Choice(*FINETUNE), "soft_labels_from": Choice(*SOFT_LABEL_SOURCES),
-        "source_epochs": POSITIVE_INT, "constructor_epochs": POSITIVE_INT,
-        "epochs": POSITIVE_INT, "optimizer": Choice("sgd", "adam"), "lr": LEARNING_RATE,
-        "lr_decay_at": Range(0, 1, open_low=True), "batch_size": POSITIVE_INT,
-        "augment": Choice(*AUGMENTATIONS),
-        "gamma_grid": ListOf(Range(0, 10, open_low=True), min_len=1, unique=True),
-        "n_members": Range(1, 32, integer=True), "fixed_gamma": _GammaOrBest(),
-        "repeats": Range(1, 100, integer=True), "seed": SEED, "device": Device(),
-    },
-    relations=[
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """The chapter's parameters (``notebooks/04_soft_labels.ipynb``); defaults are the ``cpu``
+    profile."""
+
+    dataset: str = param("synth-wild", DatasetName(DATASETS),
+                         'or "fer2013", "sfew", "rafdb" (set data_root)')
+    data_root: str = param("", _Text(), "folder of a real dataset")
+    n_subjects: int = param(120, Range(4, 10_000, integer=True),
+                            "synthetic subjects, 40 images each")
+    source: str = param("synth-lab", DatasetName(DATASETS),
+                        'the other dataset D is built on (paper: "fer2013")')
+    source_root: str = param("", _Text(), "its folder, for a real dataset")
+    source_subjects: int = param(60, Range(4, 10_000, integer=True),
+                                 "synthetic subjects of the source")
+    image_size: int = param(48, Range(48, 224, integer=True), "paper: 224")
+    width: float = param(0.125, Range(0, 1, open_low=True),
+                         "channel multiplier of VGG16 (paper: 1.0)")
+    weights: str = param("", _WeightsPath(),
+                         'local VGG-Face file (paper); "" is random initialisation')
+    pretrain_on_source: bool = param(True, Choice(True, False),
+                                     "every network starts from the source network (paper: False)")
+    finetune: str = param("top", Choice(*FINETUNE),
+                          'what base classifiers train: "top" or "all" (paper: "all")')
+    soft_labels_from: str = param("dataset", Choice(*SOFT_LABEL_SOURCES),
+                                  'the D the ensembles use: "dataset" or "source" '
+                                  '(paper: FER-2013)')
+    source_epochs: int = param(30, POSITIVE_INT, "paper: 13 (8K iterations on FER-2013)")
+    constructor_epochs: int = param(10, POSITIVE_INT, "paper: 13 (FER-2013), 23 (RAF-DB)")
+    epochs: int = param(4, POSITIVE_INT,
+                        "per base classifier (paper: 13 FER-2013, 25 SFEW, 23 RAF-DB)")
+    optimizer: str = param("adam", Choice("sgd", "adam"),
+                           'paper: "sgd" (momentum 0.9, weight decay 0.0005)')
+    lr: float = param(0.001, LEARNING_RATE, "paper: 0.01")
+    lr_decay_at: float = param(0.6, Range(0, 1, open_low=True),
+                               "rate x0.1 after this share of epochs (paper: 0.625 FER-2013)")
+    batch_size: int = param(64, POSITIVE_INT, "paper: 48")
+    augment: str = param("flip", Choice(*AUGMENTATIONS), "paper: none stated (SFEW is mirrored)")
+    gamma_grid: list[float] = param([0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8],
+                                    ListOf(Range(0, 10, open_low=True), min_len=1, unique=True),
+                                    "paper: 0.4 to 2.8 in steps of 0.2")
+    n_members: int = param(3, Range(1, 32, integer=True), "paper: 8 (FER-2013), 6 (SFEW, RAF-DB)")
+    fixed_gamma: str | float = param("best", _GammaOrBest(),
+                                     '"best" of the sweep, or a number (paper: 1.4, 2.2 and 1.0)')
+    repeats: int = param(3, Range(1, 100, integer=True), "seeds of every ensemble (paper: 1)")
+
+    RELATIONS: ClassVar[Sequence[Relation]] = (
         *_DATA_RELATIONS, *_SOURCE_RELATIONS,
         relation(("gamma_grid",), lambda v: _ascending(v["gamma_grid"]),
                  lambda v: f"gamma_grid = {v['gamma_grid']} must be strictly ascending (the "
@@ -177,12 +200,13 @@ PARAMETERS = Rules(
                  or (v["dataset"], v["data_root"]) != (v["source"], v["source_root"]),
                  lambda v: "pretrain_on_source = True needs a source other than the dataset "
                            "itself; set -p pretrain_on_source False"),
-    ],
-    unused=[*_DATA_UNUSED, *_SOURCE_UNUSED,
-            Unused(("soft_labels_from",),
-                   lambda v: (v["dataset"], v["data_root"]) == (v["source"], v["source_root"]),
-                   lambda v: "source is the dataset itself, so there is one D only")],
-)
+    )
+    UNUSED: ClassVar[Sequence[Unused]] = (
+        *_DATA_UNUSED, *_SOURCE_UNUSED,
+        Unused(("soft_labels_from",),
+               lambda v: (v["dataset"], v["data_root"]) == (v["source"], v["source_root"]),
+               lambda v: "source is the dataset itself, so there is one D only"),
+    )
 
 
 @dataclass(frozen=True)
