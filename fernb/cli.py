@@ -12,7 +12,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fernb import runner
     overrides = dict(args.param or [])
     result = runner.run_notebook(args.notebook, profile=args.profile, overrides=overrides,
-                                 output_dir=args.output_dir, timeout=args.timeout)
+                                 output_dir=args.output_dir, timeout=args.timeout,
+                                 store=args.store)
     for warning in result.warnings:
         print(f"[fernb] note: {warning}", file=sys.stderr)
     print(f"{result.notebook}: {result.seconds:.0f} s\n  notebook: {result.output}\n"
@@ -35,7 +36,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
     from fernb import runner
     only = [n.strip() for n in args.only.split(",")] if args.only else None
     runner.run_book(profile=args.profile, only=only, build=not args.no_build,
-                    timeout=args.timeout)
+                    timeout=args.timeout, store=args.store)
     return 0
 
 
@@ -47,6 +48,18 @@ def _cmd_student_book(args: argparse.Namespace) -> int:
 
 
 _SYNTH_KNOBS = ("distractor", "blend_pairs", "label_from_mixture", "motion")
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from fernb.store import Store
+    store = Store(args.store)
+    days = None if args.all else args.older_than
+    removed, freed = store.clean(older_than_days=days, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    kept, size = store.size()
+    print(f"{store.root}: {verb} {len(removed)} stored run(s), {freed / 2**20:.1f} MiB; "
+          f"{kept} kept, {size / 2**20:.1f} MiB")
+    return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -76,9 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fernb", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add_store(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, help="folder of trained models (default "
+                       "$FERNB_STORE or results/store)")
+
     def add_profile(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile", default="cpu", help="smoke, cpu (default) or paper")
         p.add_argument("--timeout", type=int, default=3600, help="per-cell timeout, seconds")
+        add_store(p)
 
     run = sub.add_parser("run", help="execute one chapter notebook with papermill")
     run.add_argument("notebook", help="e.g. 01_esr")
@@ -100,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--only", help="comma-separated notebooks to run, e.g. 00_data,01_esr")
     book.add_argument("--no-build", action="store_true", help="run notebooks only")
     book.set_defaults(func=_cmd_book)
+
+    clean = sub.add_parser("clean", help="remove stored trained models not used for a while")
+    clean.add_argument("--older-than", type=float, default=30.0, metavar="DAYS",
+                       help="remove what no run used in the last DAYS days (default 30)")
+    clean.add_argument("--all", action="store_true", help="remove every stored model")
+    clean.add_argument("--dry-run", action="store_true", help="only say what would go")
+    add_store(clean)
+    clean.set_defaults(func=_cmd_clean)
 
     student = sub.add_parser("student-book", help="build the book without solutions from the "
                              "chapters `fernb book` ran (_build/student)")

@@ -203,7 +203,7 @@ class RunResult:
 def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] | None = None,
                  output_dir: Path | None = None, notebook_dir: Path | None = None,
                  timeout: int = 3600, root: Path | None = None, progress: bool = True,
-                 strict: bool = False) -> RunResult:
+                 strict: bool = False, store: Path | None = None) -> RunResult:
     """Check, execute and post-process one notebook.
 
     Args:
@@ -216,6 +216,8 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
         timeout: per-cell timeout in seconds.
         strict: fail when a cell writes to stderr (a warning), as the book build does;
             otherwise such output is returned in ``RunResult.warnings``.
+        store: the run store's folder (:mod:`fernb.store`); default ``$FERNB_STORE`` or
+            ``results/store``.
 
     Raises:
         ParameterError: a bad name, type or value, or a dataset folder with the wrong
@@ -232,8 +234,10 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
         record = _prepare_results_dir(results_dir, effective, profile, stem)
         status, error = "failed", None
         try:
-            result = _execute(path, params, effective, results_dir, profile, root, timeout,
-                              progress, strict, notebook_dir)
+            reserved = {"results_dir": str(results_dir),
+                        "store_dir": str(Path(store).resolve()) if store else ""}
+            result = _execute(path, params, effective, reserved, profile, timeout, progress,
+                              strict, notebook_dir)
             status = "finished"
             record["seconds"] = round(result.seconds, 1)
             return result
@@ -250,10 +254,11 @@ def run_notebook(name: str, *, profile: str = "cpu", overrides: dict[str, Any] |
             atomic_write_json(results_dir / "run.json", record)
 
 
-def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], results_dir: Path,
-             profile: str, root: Path, timeout: int, progress: bool, strict: bool,
-             notebook_dir: Path | None) -> RunResult:
+def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
+             reserved: dict[str, str], profile: str, timeout: int, progress: bool,
+             strict: bool, notebook_dir: Path | None) -> RunResult:
     stem = path.stem
+    results_dir = Path(reserved["results_dir"])
     output = Path(notebook_dir or results_dir) / f"{stem}.ipynb"
     scratch = results_dir / f".{stem}.running.ipynb"
     failed = results_dir / "failed.ipynb"
@@ -264,7 +269,7 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any], resu
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(path), str(scratch), parameters={**params, "results_dir": str(results_dir)},
+            str(path), str(scratch), parameters={**params, **reserved},
             kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
             progress_bar=progress, request_save_on_cell_execute=False,
             extra_arguments=KERNEL_ARGUMENTS)
@@ -361,7 +366,8 @@ def build_student_book(root: Path | None = None) -> Path:
 
 
 def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool = True,
-             root: Path | None = None, timeout: int = 3600) -> list[RunResult]:
+             root: Path | None = None, timeout: int = 3600,
+             store: Path | None = None) -> list[RunResult]:
     """Run every chapter (or ``only`` those) with the profile, publish the executed copies to
     ``book/_generated/`` and build the HTML book.
 
@@ -381,7 +387,7 @@ def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool
             print(f"[fernb] running {n} with profile {profile!r}", file=sys.stderr)
             try:
                 results.append(run_notebook(n, profile=profile, root=root, timeout=timeout,
-                                            notebook_dir=generated, strict=True))
+                                            store=store, notebook_dir=generated, strict=True))
                 print(f"[fernb] {n} done in {results[-1].seconds:.0f} s", file=sys.stderr)
             except NotebookError as err:
                 failures.append(str(err))

@@ -1,5 +1,5 @@
-"""Every test starts from the same random state and a dataset cache of its own session, so
-a test gives the same answer alone, in any order and on any machine."""
+"""Every test starts from the same random state, with a dataset cache and a run store of
+its own session, so a test gives the same answer alone, in any order and on any machine."""
 from __future__ import annotations
 
 import random
@@ -18,11 +18,12 @@ def _seed_everything() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Generated and preprocessed datasets go to a folder of this session (notebook kernels
-    inherit it), never to the user's ``~/.cache/fernb``, where another version's files
-    would be read back."""
+    """Generated and preprocessed datasets and trained models go to folders of this session
+    (notebook kernels inherit them), never to the user's ``~/.cache/fernb`` or the project's
+    ``results/store``, where another version's files would be read back."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FERNB_CACHE", str(tmp_path_factory.mktemp("fernb-cache")))
+        patch.setenv("FERNB_STORE", str(tmp_path_factory.mktemp("fernb-store")))
         yield
 
 

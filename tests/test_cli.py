@@ -74,3 +74,26 @@ def test_data_and_params_commands_do_not_import_the_notebook_stack(tmp_path: Pat
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=True, cwd=root)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_clean_says_what_it_removes(tmp_path: Path, capsys) -> None:
+    import os
+    import time
+    import numpy as np
+    from fernb.store import Job, Store
+
+    def write(job, entry, store):
+        entry.save_arrays("out", value=np.zeros(1000))
+
+    store = Store(tmp_path)
+    store.run([Job("demo.write", {"n": n}, write) for n in range(2)])
+    old = store.entries()[0] / "entry.json"
+    then = time.time() - 60 * 86400
+    os.utime(old, (then, then))
+    capsys.readouterr()
+    assert cli.main(["clean", "--store", str(tmp_path), "--dry-run"]) == 0
+    assert "would remove 1 stored run(s)" in capsys.readouterr().out and old.exists()
+    assert cli.main(["clean", "--store", str(tmp_path)]) == 0
+    assert "removed 1 stored run(s)" in capsys.readouterr().out and not old.exists()
+    assert cli.main(["clean", "--store", str(tmp_path), "--all"]) == 0
+    assert "removed 1 stored run(s)" in capsys.readouterr().out and store.size() == (0, 0)
