@@ -1,5 +1,8 @@
 """Predictions and metrics: accuracy, recall, confusion matrices (scikit-learn), fold
-aggregation, paired t-tests (scipy; ESR Table 2) and valence/arousal RMSE (ESR Table 4).
+aggregation, valence/arousal RMSE (ESR Table 4), and the tests every chapter judges a
+difference by, each on its independent units (scipy): a paired t-test over seeds or folds, an
+exact McNemar test of two models on one test set, a test clustered by image when several
+ensembles share one test set, and a rank correlation.
 
 Metrics take model outputs in the project's one convention, logits of shape
 (N, members, classes), or already reduced (N, C) scores or (N,) class predictions. Outputs
@@ -181,49 +184,163 @@ def aggregate_folds(results: pd.DataFrame, *, by: str | Sequence[str] = "model",
 
 
 @dataclass(frozen=True)
-class TTestResult:
-    """A paired t-test of two approaches' per-fold scores."""
+class TestResult:
+    """A difference between two approaches (or a correlation), judged on independent units.
 
-    a: str
-    b: str
-    t: float
+    Attributes:
+        test: what was computed, e.g. ``"paired t-test"``.
+        unit: what the independent units are (``"seeds"``, ``"folds"``, ``"images"``...).
+        n: how many there were.
+        estimate: the mean difference a - b in the scores' own scale (a correlation's rho).
+        p: the two-sided p-value.
+        ci: the 95 % confidence interval of ``estimate`` (None where the test gives none).
+        statistic: the test statistic (t, the discordant count, rho...).
+        note: what a reader needs to know about an unusual case (e.g. a constant difference).
+    """
+
+    test: str
+    unit: str
+    n: int
+    estimate: float
     p: float
-    alpha: float = 0.05
+    ci: tuple[float, float] | None = None
+    statistic: float | None = None
+    note: str = ""
 
-    @property
-    def significant(self) -> bool:
-        return bool(self.p < self.alpha)
+    def significant(self, alpha: float = 0.05) -> bool:
+        return bool(self.p < alpha)
 
-    @property
-    def row(self) -> dict[str, str | float]:
-        """One table row, p marked as in ESR Table 2 (✓ significant, ✗ not)."""
-        return {"comparison": f"{self.a} vs {self.b}", "t": self.t, "p": self.p,
-                "significant": "✓" if self.significant else "✗"}
+    def describe(self, scale: float = 1.0, what: str = "") -> str:
+        """One line for a reader, e.g. ``paired t-test over 3 seeds: +2.1 points (95% CI
+        -0.5 to 4.7), p = 0.080``; ``scale`` multiplies the estimate (100 for points from
+        fractions), ``what`` names its unit (``"points"``)."""
+        unit = f" {what}" if what else ""
+        text = f"{self.test} over {self.n} {self.unit}: {self.estimate * scale:+.3g}{unit}"
+        if self.ci is not None:
+            lo, hi = (v * scale for v in self.ci)
+            text += f" (95% CI {lo:+.3g} to {hi:+.3g})"
+        text += f", p = {format_p(self.p)}"
+        return text + (f"; {self.note}" if self.note else "")
 
 
-def paired_ttest(a: ArrayLike, b: ArrayLike, *, names: tuple[str, str] = ("a", "b"),
-                 alpha: float = 0.05) -> TTestResult:
-    """Two-sided paired t-test of per-fold scores (``scipy.stats.ttest_rel``; ESR Table 2)."""
-    x, y = to_numpy(a).astype(float).reshape(-1), to_numpy(b).astype(float).reshape(-1)
-    if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"paired t-test needs two equal-length samples of >= 2 folds, got "
+def format_p(p: float) -> str:
+    """A p-value as a reader reads it: three decimals, ``< 0.001`` below that."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _pairs(a: ArrayLike, b: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x = to_numpy(a).astype(float).reshape(-1)
+    y = to_numpy(b).astype(float).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"{what} needs two samples of equal length (one value per unit), got "
                          f"{len(x)} and {len(y)}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"{what} needs finite scores, got {x.tolist()} and {y.tolist()}")
+    return x, y
+
+
+def paired_ttest(a: ArrayLike, b: ArrayLike, *, unit: str = "folds") -> TestResult:
+    """Two-sided paired t-test of per-unit scores a and b (``scipy.stats.ttest_rel``; ESR
+    Table 2), with the t confidence interval of the mean difference.
+
+    Degenerate cases are answered, not left to NaN: the same score in every unit gives
+    p = 1; the same non-zero difference in every unit has no variance for a t-test, so its
+    p is the exact sign-flip (permutation) p-value 2 / 2^n, the smallest any test on n units
+    can give. Fewer than two units raise an error.
+    """
+    x, y = _pairs(a, b, "a paired t-test")
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least two {unit}, got {n}")
+    d = x - y
+    if np.allclose(d, d[0], rtol=0, atol=1e-12 * max(1.0, float(np.abs(d).max()))):
+        if abs(d[0]) <= 1e-12:
+            return TestResult("paired t-test", unit, n, 0.0, 1.0, (0.0, 0.0), 0.0,
+                              f"no difference in any of the {n} {unit}")
+        return TestResult("paired t-test", unit, n, float(d[0]), min(1.0, 2.0 ** (1 - n)),
+                          (float(d[0]), float(d[0])), float(np.sign(d[0]) * np.inf),
+                          f"the same difference in every unit: exact sign-flip p")
     res = stats.ttest_rel(x, y)
-    return TTestResult(names[0], names[1], float(res.statistic), float(res.pvalue), alpha)
+    ci = res.confidence_interval(0.95)
+    return TestResult("paired t-test", unit, n, float(d.mean()), float(res.pvalue),
+                      (float(ci.low), float(ci.high)), float(res.statistic))
+
+
+def mcnemar(correct_a: ArrayLike, correct_b: ArrayLike) -> TestResult:
+    """Exact McNemar test of two models on one test set: a two-sided binomial test on the
+    images exactly one of them gets right. ``estimate`` is the accuracy difference a - b with
+    its Wald interval for paired proportions; no discordant image gives p = 1."""
+    a = to_numpy(correct_a).astype(bool).reshape(-1)
+    b = to_numpy(correct_b).astype(bool).reshape(-1)
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"McNemar's test needs the correctness of both models on the same "
+                         f"images, got {len(a)} and {len(b)}")
+    n = len(a)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = only_a + only_b
+    diff = (only_a - only_b) / n
+    half = 1.96 * np.sqrt(max(discordant - (only_a - only_b) ** 2 / n, 0.0)) / n
+    p = float(stats.binomtest(only_a, discordant).pvalue) if discordant else 1.0
+    return TestResult("exact McNemar test", "images", n, diff, p, (diff - half, diff + half),
+                      float(only_a), f"{only_a} images only a gets right, {only_b} only b")
+
+
+def clustered_test(scores_a: ArrayLike, scores_b: ArrayLike, *, draws: int = 10_000,
+                   seed: int = 0) -> TestResult:
+    """Several ensembles of kind a and of kind b scored on one shared test set: the image
+    is the independent unit (ensembles built from the same networks, or tested on the same
+    faces, are not). Each image's mean score over the ensembles of a kind (e.g. correct = 1)
+    gives a per-image difference d; ``estimate`` is its mean, the p-value a sign-flip
+    permutation test over images and the interval a percentile bootstrap over images (both
+    with ``draws`` resamples, seeded).
+
+    Args:
+        scores_a, scores_b: (R_a, N) and (R_b, N) scores of each ensemble on the N images
+            (a single ensemble may be given as (N,)).
+    """
+    a, b = (np.atleast_2d(to_numpy(s).astype(float)) for s in (scores_a, scores_b))
+    if a.shape[1] != b.shape[1] or not a.shape[1]:
+        raise ValueError(f"both kinds need scores on the same images, got {a.shape[1]} and "
+                         f"{b.shape[1]} images")
+    d = a.mean(0) - b.mean(0)  # (N,)
+    n = len(d)
+    rng = np.random.default_rng(seed)
+    observed = abs(d.mean())
+    signs = rng.choice((-1.0, 1.0), size=(draws, n))
+    flipped = np.abs((signs * d).mean(1))
+    p = float((1 + (flipped >= observed - 1e-15).sum()) / (draws + 1))
+    boot = d[rng.integers(0, n, size=(draws, n))].mean(1)
+    ci = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    note = f"{a.shape[0]} and {b.shape[0]} ensembles on the same images"
+    return TestResult("sign-flip test clustered by image", "images", n, float(d.mean()),
+                      1.0 if observed == 0 else p, ci, float(d.mean()), note)
+
+
+def rank_correlation(x: ArrayLike, y: ArrayLike, *, min_points: int = 5) -> TestResult:
+    """Spearman's rank correlation with its two-sided p-value; fewer than ``min_points``
+    distinct values on either axis raise an error (a rank correlation of three points says
+    nothing)."""
+    u, v = _pairs(x, y, "a rank correlation")
+    distinct = min(len(np.unique(u)), len(np.unique(v)))
+    if distinct < min_points:
+        raise ValueError(f"a rank correlation needs at least {min_points} distinct points, "
+                         f"got {distinct}")
+    res = stats.spearmanr(u, v)
+    return TestResult("Spearman rank correlation", "points", len(u), float(res.statistic),
+                      float(res.pvalue), None, float(res.statistic))
 
 
 def ttest_table(scores: Mapping[str, ArrayLike], *, alpha: float = 0.05,
-                decimals: int = 3) -> pd.DataFrame:
-    """ESR Table 2 layout: p-values of every pair of approaches (rows vs later columns),
-    marked ✓ when p < alpha, "−" below the diagonal."""
+                unit: str = "folds") -> pd.DataFrame:
+    """ESR Table 2 layout: the paired t-test p-value of every pair of approaches (rows vs
+    later columns; NaN below the diagonal). Numbers only: mark p < ``alpha`` when showing."""
     names = list(scores)
     if len(names) < 2:
         raise ValueError(f"need at least two approaches, got {names}")
-    table = pd.DataFrame("−", index=names[:-1], columns=names[1:])
+    table = pd.DataFrame(np.nan, index=names[:-1], columns=names[1:])
     for i, j in itertools.combinations(range(len(names)), 2):
-        r = paired_ttest(scores[names[i]], scores[names[j]], names=(names[i], names[j]),
-                         alpha=alpha)
-        table.loc[names[i], names[j]] = f"{r.p:.{decimals}f} {r.row['significant']}"
+        table.loc[names[i], names[j]] = paired_ttest(scores[names[i]], scores[names[j]],
+                                                     unit=unit).p
     return table
 
 

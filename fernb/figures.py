@@ -215,3 +215,63 @@ def facet_lines(df: pd.DataFrame, x: str, y: str, hue: str, col: str) -> Figure:
                        facet_kws={"sharey": True})
     grid.set_titles("{col_name}")
     return grid.figure
+
+
+CURVE_METRICS = ("loss", "accuracy")
+
+
+def curves_frame(histories: dict[str, Sequence[Any]]) -> pd.DataFrame:
+    """Training curves in long form: ``histories`` maps a model kind or stage (e.g.
+    ``"Baseline"``, ``"FTL stage 2"``) to its runs' histories (a
+    :class:`fernb.train.History` or its frame per member, fold or seed). Returns one row per
+    (model, run, epoch, split) with ``loss`` and ``accuracy`` (%, the ensemble's) or, for
+    regression, ``rmse``."""
+    rows = []
+    for model, runs in histories.items():
+        for unit, history in enumerate(runs):
+            frame = history.to_frame() if hasattr(history, "to_frame") else history
+            frame = frame.reset_index() if "epoch" not in frame.columns else frame
+            for split in ("train", "val"):
+                if f"{split}_loss" not in frame.columns:
+                    continue
+                part = pd.DataFrame({"model": model, "run": unit, "epoch": frame["epoch"],
+                                     "split": split, "loss": frame[f"{split}_loss"]})
+                if f"{split}_acc_ens" in frame.columns:
+                    part["accuracy"] = 100 * frame[f"{split}_acc_ens"]
+                elif f"{split}_rmse_ens" in frame.columns:
+                    part["rmse"] = frame[f"{split}_rmse_ens"]
+                rows.append(part)
+    if not rows:
+        raise ValueError("no history has a train_loss column: pass fernb.train.History objects "
+                         "or their frames")
+    return pd.concat(rows, ignore_index=True)
+
+
+def training_curves(curves: pd.DataFrame, *, majority: float | None = None,
+                    title: str | None = None) -> Figure:
+    """Loss and accuracy per epoch (training solid, validation dashed), one colour per model
+    kind or stage, the band spanning its runs (members, folds or seeds; min to max):
+    whether, and how far, every model learned. ``curves`` is :func:`curves_frame`'s;
+    ``majority`` (a fraction) draws the majority-class rate, the floor a model must beat."""
+    _columns(curves, "model", "epoch", "split", "loss")
+    metrics = [m for m in ("loss", "accuracy", "rmse") if m in curves.columns
+               and curves[m].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.lineplot(data=curves.dropna(subset=[metric]), x="epoch", y=metric, hue="model",
+                     style="split", style_order=["train", "val"], errorbar=("pi", 100),
+                     ax=ax, legend=ax is axes[0][-1])
+        if metric == "accuracy" and majority is not None:
+            ax.axhline(100 * majority, color="gray", ls=":", lw=1)
+            ax.annotate("majority class", (0.01, 100 * majority), xycoords=("axes fraction",
+                        "data"), va="bottom", fontsize=8, color="gray")
+        ax.set(ylabel=metric + (" (%)" if metric == "accuracy" else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    legend = axes[0][-1].get_legend()
+    if legend is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8,
+                        title=None, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

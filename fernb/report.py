@@ -12,7 +12,7 @@ import math
 import numbers
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -30,7 +30,7 @@ import fernb
 from fernb.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-MISSING = "-"
+MISSING = "–"  # how every table shows a value that does not exist
 
 
 def _check_name(name: str) -> str:
@@ -80,6 +80,22 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Shown:
+    """A figure and a table a notebook shows together (the figure once: it is closed
+    after being shown, so the inline backend does not show it again)."""
+
+    figure: Figure
+    table: pd.DataFrame
+
+    def _ipython_display_(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+        display(self.figure)
+        plt.close(self.figure)
+        display(self.table)
+
+
 class Report:
     """Writes a chapter's tables, figures and metrics under ``results_dir``.
 
@@ -107,8 +123,11 @@ class Report:
     def metrics_path(self) -> Path:
         return self.results_dir / "metrics.json"
 
-    def table(self, df: pd.DataFrame, name: str, caption: str | None = None) -> pd.DataFrame:
-        """Write ``tables/<name>.csv`` and ``tables/<name>.md``; return ``df`` for display.
+    def table(self, df: pd.DataFrame, name: str, caption: str | None = None, *,
+              formats: Mapping[str, Format] | None = None) -> pd.DataFrame:
+        """Write ``tables/<name>.csv`` (the numbers, full precision) and ``tables/<name>.md``
+        (as a reader sees them); return the table formatted for display by
+        :func:`format_table` (``formats``: per-column format specs or functions).
 
         The index is written only when it carries information (not a default 0..n-1 range).
         """
@@ -119,11 +138,12 @@ class Report:
         keep_index = not (isinstance(df.index, pd.RangeIndex) and df.index.start == 0
                           and df.index.step == 1 and df.index.name is None)
         atomic_write_text(self.tables_dir / f"{name}.csv", df.to_csv(index=keep_index))
-        markdown = df.to_markdown(index=keep_index)
+        shown = format_table(df, formats)
+        markdown = shown.to_markdown(index=keep_index)
         if caption:
             markdown = f"**{caption}**\n\n{markdown}"
         atomic_write_text(self.tables_dir / f"{name}.md", markdown + "\n")
-        return df
+        return shown
 
     def figure(self, fig: Figure, name: str, dpi: int = 130) -> Figure:
         """Save ``figures/<name>.png`` (tight bounding box); return ``fig`` for display."""
@@ -135,6 +155,19 @@ class Report:
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
         atomic_write_bytes(self.figures_dir / f"{name}.png", buffer.getvalue())
         return fig
+
+    def learning(self, histories: Mapping[str, Sequence[Any]], checks: Sequence[Any], *,
+                 name: str = "learning", majority: float | None = None) -> Shown:
+        """Did every model learn? The training curves of ``histories`` (model kind or stage ->
+        its runs' histories; :func:`fernb.figures.curves_frame`) and the table of ``checks``
+        (:func:`fernb.verdicts.learned` per compared model), saved as
+        ``figures/<name>_curves.png`` and ``tables/<name>.csv`` and shown together."""
+        from fernb.figures import curves_frame, training_curves
+        from fernb.verdicts import learning_table
+        fig = self.figure(training_curves(curves_frame(histories), majority=majority),
+                          f"{name}_curves")
+        table = self.table(learning_table(checks), name)
+        return Shown(fig, table)
 
     def metrics(self, **values: Any) -> dict[str, Any]:
         """Merge ``values`` into ``metrics.json`` (with ``params`` and ``environment``) and
@@ -160,7 +193,46 @@ class Report:
 @cache
 def _paper_results() -> dict[str, dict[str, dict[str, Any]]]:
     text = resources.files("fernb").joinpath("paper_results.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text)
+    problems = paper_results_problems(data)
+    if problems:
+        raise ValueError("fernb/paper_results.yaml:\n  - " + "\n  - ".join(problems))
+    return data
+
+
+def paper_results_problems(data: Any) -> list[str]:
+    """What is wrong with a ``paper_results.yaml`` mapping (chapter -> key -> entry): an
+    unknown or missing field, an unknown ``compare`` kind, a ``direction`` without its
+    ``threshold``, a value that is no number (or list of numbers) where one is compared."""
+    found = []
+    if not isinstance(data, dict):
+        return ["the file must map chapters to their entries"]
+    for chapter, entries in data.items():
+        if not isinstance(entries, dict):
+            found.append(f"{chapter}: must map keys to entries")
+            continue
+        for key, entry in entries.items():
+            where = f"{chapter}.{key}"
+            if not isinstance(entry, dict):
+                found.append(f"{where}: must be a mapping of fields")
+                continue
+            unknown = sorted(set(entry) - ENTRY_FIELDS)
+            missing = sorted(REQUIRED_FIELDS - set(entry))
+            if unknown:
+                found.append(f"{where}: unknown field(s) {unknown}; fields: "
+                             f"{sorted(ENTRY_FIELDS)}")
+            if missing:
+                found.append(f"{where}: missing field(s) {missing}")
+            kind = entry.get("compare", "value")
+            if kind not in COMPARISONS:
+                found.append(f"{where}: compare {kind!r} is not one of {COMPARISONS}")
+            if kind == "direction" and "threshold" not in entry:
+                found.append(f"{where}: compare 'direction' needs a threshold")
+            values = entry.get("value")
+            values = values if isinstance(values, list) else [values]
+            if kind != "exact" and not all(_number(v) for v in values):
+                found.append(f"{where}: value {entry.get('value')!r} is not a number")
+    return found
 
 
 def paper_results(chapter: str) -> dict[str, dict[str, Any]]:
@@ -172,7 +244,54 @@ def paper_results(chapter: str) -> dict[str, dict[str, Any]]:
 
 
 COMPARISONS = ("exact", "direction", "significance", "value")
-VERDICTS = ("exact", "same direction", "close", "differs", "needs real data", "not measured")
+ENTRY_FIELDS = {"quantity", "value", "std", "source", "dataset", "note", "compare", "tolerance",
+                "threshold", "alpha"}
+REQUIRED_FIELDS = {"quantity", "value", "source", "dataset"}
+
+
+Format = str | Callable[[Any], str]
+
+
+def format_value(value: Any, fmt: Format | None = None, *, column: str = "") -> str:
+    """One table cell as a reader reads it: a missing value (None, NaN) as :data:`MISSING`;
+    ``fmt`` a format spec (``".1f"``) or a function; otherwise integers with thousands
+    separators, p-values (a column named ``p`` or ``p ...``) as :func:`fernb.evaluate.format_p`
+    does, other numbers with 3 decimals below 1, 2 below 10 and 1 above."""
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return MISSING
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if fmt is not None:
+        return fmt(value) if callable(fmt) else format(value, fmt)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    if _P_COLUMN.match(column):
+        from fernb.evaluate import format_p
+        return format_p(value)
+    size = abs(value)
+    return f"{value:.3f}" if size < 1 else f"{value:.2f}" if size < 10 else f"{value:,.1f}"
+
+
+_P_COLUMN = re.compile(r"^p(\b|$)")
+
+
+def format_table(df: pd.DataFrame, formats: Mapping[str, Format] | None = None
+                 ) -> pd.DataFrame:
+    """A numeric table as text, cell by cell (:func:`format_value`), for display: the one
+    place where numbers become strings and a missing value one symbol."""
+    formats = dict(formats or {})
+    unknown = [c for c in formats if c not in df.columns]
+    if unknown:
+        raise ValueError(f"formats names columns {unknown} the table lacks; it has "
+                         f"{list(df.columns)}")
+    shown = pd.DataFrame(index=df.index)
+    for column in df.columns:
+        name = str(column[-1] if isinstance(column, tuple) else column)
+        shown[column] = [format_value(v, formats.get(column), column=name) for v in df[column]]
+    shown.columns = df.columns
+    return shown
 
 
 def _number(value: Any) -> bool:
@@ -204,21 +323,27 @@ def _paired(value: Any, book: Any) -> list[tuple[float, float]] | None:
 def verdict(entry: Mapping[str, Any], book: Any, *, real_data: bool = False) -> str:
     """How the book's value relates to the paper's, by the entry's ``compare`` kind.
 
-    * ``exact`` (architecture facts: parameter counts, worked examples): "exact" when equal
-      within ``tolerance`` (default 0), else "differs".
-    * ``significance`` (p-values): "same direction" when both are below ``alpha`` (0.05) or
-      both are not, else "differs".
-    * ``direction`` (a ratio or difference with a neutral ``threshold``): "same direction"
-      when both lie on the same side of it, else "differs".
+    * ``exact`` (arithmetic the paper prints: parameter counts, FLOPs, worked examples):
+      "exact" when equal within ``tolerance`` (default 0), else "differs".
+    * ``direction`` and ``significance`` (a comparison the paper draws: a ratio above 1, a
+      significant difference or none): the verdict of the claim this run judged on
+      independent units (:class:`fernb.verdicts.Claim`: holds, does not hold, not
+      testable); a bare number has no test behind it, so it is "not testable".
     * ``value`` (accuracies and errors on a real dataset): "needs real data" for a run on
       synthetic data; on the paper's dataset "close" within ``tolerance`` (default: the
       paper's std, else 2 points), else "differs".
     """
-    if isinstance(book, str) and book == MISSING or book is None:
+    from fernb.verdicts import UNTESTABLE, Claim
+    if book is None or isinstance(book, str) and book == MISSING:
         return "not measured"
     kind = entry.get("compare", "value")
     if kind not in COMPARISONS:
         raise ValueError(f"compare must be one of {COMPARISONS}, got {kind!r}")
+    if kind in ("direction", "significance"):
+        return book.verdict if isinstance(book, Claim) else UNTESTABLE
+    if isinstance(book, Claim):
+        raise TypeError(f"{entry['quantity']!r} is compared as {kind!r}: give its value, not "
+                        f"a judged claim")
     if kind == "value" and not real_data:
         return "needs real data"
     pairs = _paired(entry["value"], book)
@@ -228,13 +353,6 @@ def verdict(entry: Mapping[str, Any], book: Any, *, real_data: bool = False) -> 
     if kind == "exact":
         tol = entry.get("tolerance", 0)
         return "exact" if all(abs(p - b) <= tol for p, b in pairs) else "differs"
-    if kind == "significance":
-        alpha = entry.get("alpha", 0.05)
-        return "same direction" if all((p < alpha) == (b < alpha) for p, b in pairs) \
-            else "differs"
-    if kind == "direction":
-        t = entry["threshold"]
-        return "same direction" if all((p > t) == (b > t) for p, b in pairs) else "differs"
     tol = entry.get("tolerance", entry.get("std", 2.0))
     return "close" if all(abs(p - b) <= tol for p, b in pairs) else "differs"
 
@@ -264,8 +382,9 @@ def paper_vs_book(chapter: str, measured: Mapping[str, Any], *,
         book = measured.get(key)
         paper = _format(e["value"]) + (f" ± {_format(e['std'])}" if "std" in e else "")
         note = e["dataset"] + (f"; {e['note']}" if e.get("note") else "")
+        shown = MISSING if book is None else getattr(book, "reason", None) or _format(book)
         rows.append({"where": e["source"], "quantity": e["quantity"], "paper": paper,
-                     "this run": MISSING if book is None else _format(book),
+                     "this run": shown,
                      "verdict": verdict(e, MISSING if book is None else book,
                                         real_data=real_data),
                      "note": note})

@@ -132,16 +132,72 @@ def test_aggregate_folds_matches_table1_format():
 
 
 def test_paired_ttest_hand_computed():
-    # differences 1, 2, 3, 4: mean 2.5, sd 1.2910, t = 2.5 / (1.2910 / 2) = 3.8730, df = 3
+    # differences 1, 2, 3, 4: mean 2.5, sd 1.2910, t = 2.5 / (1.2910 / 2) = 3.8730, df = 3;
+    # 95% CI 2.5 +- t(0.975, 3) 3.1824 x 0.6455 = (0.4457, 4.5543)
     a = np.array([2.0, 4.0, 6.0, 8.0])
     b = np.array([1.0, 2.0, 3.0, 4.0])
-    r = V.paired_ttest(a, b, names=("x", "y"))
-    assert r.t == pytest.approx(3.872983, rel=1e-6)
-    assert r.p == pytest.approx(0.030466, rel=1e-4)
-    assert r.significant
-    assert r.row == {"comparison": "x vs y", "t": r.t, "p": r.p, "significant": "✓"}
-    with pytest.raises(ValueError, match="equal-length"):
+    r = V.paired_ttest(a, b, unit="seeds")
+    assert r.statistic == pytest.approx(3.872983, rel=1e-6)
+    assert r.p == pytest.approx(0.030466, rel=1e-4) and r.significant()
+    assert r.estimate == pytest.approx(2.5) and r.ci == pytest.approx((0.44573, 4.55427), rel=1e-4)
+    assert (r.n, r.unit) == (4, "seeds")
+    assert r.describe() == "paired t-test over 4 seeds: +2.5 (95% CI +0.446 to +4.55), p = 0.030"
+    with pytest.raises(ValueError, match="equal length"):
         V.paired_ttest([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="at least two folds"):
+        V.paired_ttest([1.0], [2.0])
+    with pytest.raises(ValueError, match="finite"):
+        V.paired_ttest([1.0, float("nan")], [2.0, 3.0])
+
+
+def test_paired_ttest_degenerate_cases_are_answered_not_nan():
+    same = V.paired_ttest([0.8, 0.9, 0.7], [0.8, 0.9, 0.7])
+    assert (same.p, same.estimate, same.ci) == (1.0, 0.0, (0.0, 0.0))
+    assert "no difference in any of the 3 folds" in same.note
+    shifted = V.paired_ttest([0.8, 0.9, 0.7], [0.7, 0.8, 0.6])  # +0.1 in every fold
+    assert shifted.p == pytest.approx(0.25)  # exact sign-flip: 2 / 2^3
+    assert shifted.estimate == pytest.approx(0.1) and "same difference" in shifted.note
+    assert V.paired_ttest([1.0] * 8, [0.0] * 8).p == pytest.approx(2 / 2**8)
+
+
+def test_mcnemar_is_an_exact_binomial_test_on_discordant_images():
+    # 6 images only a gets right, 1 only b: p = 2 * P(X <= 1 | 7, 1/2) = 2 * 8/128 = 0.125
+    a = np.array([1] * 6 + [0] * 1 + [1] * 10 + [0] * 3, dtype=bool)
+    b = np.array([0] * 6 + [1] * 1 + [1] * 10 + [0] * 3, dtype=bool)
+    r = V.mcnemar(a, b)
+    assert r.p == pytest.approx(0.125) and r.n == 20 and r.estimate == pytest.approx(5 / 20)
+    assert r.note == "6 images only a gets right, 1 only b"
+    half = 1.96 * np.sqrt(7 - 25 / 20) / 20
+    assert r.ci == pytest.approx((0.25 - half, 0.25 + half))
+    assert V.mcnemar(a, a).p == 1.0  # no discordant image
+    with pytest.raises(ValueError, match="same images"):
+        V.mcnemar(a, b[:5])
+
+
+def test_the_clustered_test_treats_the_image_as_the_unit():
+    rng = np.random.default_rng(0)
+    truth = rng.random(300) < 0.7
+    better = np.stack([truth | (rng.random(300) < 0.3) for _ in range(3)])  # (3, 300)
+    worse = np.stack([truth & (rng.random(300) < 0.8) for _ in range(2)])   # (2, 300)
+    r = V.clustered_test(better, worse)
+    assert r.unit == "images" and r.n == 300 and r.p < 0.001
+    d = better.mean(0) - worse.mean(0)
+    assert r.estimate == pytest.approx(d.mean()) and r.ci[0] < d.mean() < r.ci[1]
+    assert r.note == "3 and 2 ensembles on the same images"
+    null = V.clustered_test(better, better[::-1])
+    assert null.p > 0.2 and V.clustered_test(better, better).p == 1.0
+    assert V.clustered_test(better, worse).p == r.p  # seeded: the same answer every time
+    with pytest.raises(ValueError, match="same images"):
+        V.clustered_test(better, worse[:, :10])
+
+
+def test_a_rank_correlation_needs_enough_distinct_points():
+    r = V.rank_correlation([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
+    assert r.estimate == pytest.approx(0.8286, rel=1e-3) and r.unit == "points"
+    with pytest.raises(ValueError, match="at least 5 distinct points, got 3"):
+        V.rank_correlation([1, 2, 3], [3, 2, 1])
+    with pytest.raises(ValueError, match="got 2"):
+        V.rank_correlation([1, 1, 1, 2, 2, 2], [1, 2, 3, 4, 5, 6])
 
 
 def test_ttest_table_layout_like_esr_table2():
@@ -151,11 +207,9 @@ def test_ttest_table_layout_like_esr_table2():
               "Lvl. 3": base + 0.04 + rng.normal(0, 0.01, 10)}
     table = V.ttest_table(scores)
     assert list(table.index) == ["Single", "TE"] and list(table.columns) == ["TE", "Lvl. 3"]
-    assert table.loc["TE", "TE"] == "−"
-    assert table.loc["Single", "TE"].endswith("✓")
-    assert table.loc["TE", "Lvl. 3"].endswith("✗")
-    p = V.paired_ttest(scores["Single"], scores["Lvl. 3"]).p
-    assert table.loc["Single", "Lvl. 3"] == f"{p:.3f} ✓"
+    assert np.isnan(table.loc["TE", "TE"])
+    assert table.loc["Single", "TE"] < 0.05 < table.loc["TE", "Lvl. 3"]
+    assert table.loc["Single", "Lvl. 3"] == V.paired_ttest(scores["Single"], scores["Lvl. 3"]).p
 
 
 def test_rmse_per_dimension_and_member_mean():

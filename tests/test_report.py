@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from fernb import figures, report  # noqa: E402
 from fernb.ensemble import TopTwoVote  # noqa: E402
 from fernb.report import Report, paper_results, paper_vs_book  # noqa: E402
+from fernb.verdicts import Claim  # noqa: E402
 
 CHAPTERS = ("esr", "relevance", "fll_to_fer", "soft_labels", "faml_t2v")
 
@@ -34,7 +35,8 @@ def test_report_creates_folders(tmp_path):
 def test_table_round_trips(tmp_path):
     rep = Report(tmp_path)
     df = pd.DataFrame({"model": ["single", "esr"], "accuracy": [0.855, 0.894]})
-    assert rep.table(df, "accuracy", caption="Test accuracy") is df
+    shown = rep.table(df, "accuracy", caption="Test accuracy")
+    assert shown["accuracy"].tolist() == ["0.855", "0.894"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tables" / "accuracy.csv"), df)
     md = (tmp_path / "tables" / "accuracy.md").read_text()
     assert md.startswith("**Test accuracy**") and "| single" in md and "0.894" in md
@@ -137,10 +139,10 @@ def test_paper_vs_book_rows_and_verdicts():
     assert rows.loc["Single network, trainable parameters", "this run"] == "131,208"
     assert rows.loc["Single network, trainable parameters", "verdict"] == "exact"
     assert rows.loc["Traditional ensemble of 4, trainable parameters", "verdict"] == "differs"
-    assert rows.loc["Paired t-test p, TE vs ESR-4 Lvl. 3", "verdict"] == "same direction"
-    assert rows.loc["Paired t-test p, Single Network vs TE", "verdict"] == "differs"
+    # a comparison given as a bare number has no test behind it
+    assert rows.loc["Paired t-test p, TE vs ESR-4 Lvl. 3", "verdict"] == "not testable"
     assert rows.loc["ESR / TE accuracy after the first update of a new branch",
-                    "verdict"] == "same direction"
+                    "verdict"] == "not testable"
     assert rows.loc["Traditional ensemble of 4, test accuracy (%)", "verdict"] == "not measured"
     # grouped by the paper's table or figure, in the order the yaml first names them
     wheres = list(dict.fromkeys(table.index.get_level_values("where")))
@@ -157,8 +159,11 @@ def test_verdicts_by_kind():
     assert report.verdict({"value": 85.5, "std": 3.5}, 83.0, real_data=True) == "close"
     assert report.verdict({"value": 85.5, "std": 3.5}, 80.0, real_data=True) == "differs"
     assert report.verdict({"value": 2.0, "compare": "direction", "threshold": 1.0},
-                          0.9) == "differs"
-    assert report.verdict({"value": 0.004, "compare": "significance"}, 0.01) == "same direction"
+                          0.9) == "not testable"
+    judged = Claim("x", "Table 2", "holds", "paired t-test ...")
+    assert report.verdict({"value": 0.004, "compare": "significance"}, judged) == "holds"
+    with pytest.raises(TypeError, match="give its value"):
+        report.verdict({"quantity": "q", "value": 3, "compare": "exact"}, judged)
     assert report.verdict({"value": [8.7, 0], "compare": "exact"}, [8.7, 0.0]) == "exact"
     assert report.verdict({"value": "AN", "compare": "exact"}, "AN") == "exact"
     assert report.verdict({"value": 3}, None) == "not measured"
@@ -268,3 +273,33 @@ def test_environment_records_the_precision_the_run_resolves_to():
     json.dumps(report.environment())
     assert report.environment({"device": "cpu", "precision": "fp32"})["precision"] == "fp32"
     assert report.environment({"device": "cpu", "precision": "bf16"})["precision"] == "bf16"
+
+
+def test_numbers_become_text_in_one_place_and_a_missing_value_one_way():
+    df = pd.DataFrame({"params": [131208, 4], "accuracy (%)": [85.53, float("nan")],
+                       "ratio": [1.234, 0.12345], "p": [0.0004, 0.0312],
+                       "p (above majority)": [0.5, None], "note": ["a", None]})
+    shown = report.format_table(df, {"ratio": ".1f"})
+    assert shown.to_dict("list") == {
+        "params": ["131,208", "4"], "accuracy (%)": ["85.5", report.MISSING],
+        "ratio": ["1.2", "0.1"], "p": ["< 0.001", "0.031"],
+        "p (above majority)": ["0.500", report.MISSING], "note": ["a", report.MISSING]}
+    assert report.format_value(7.25) == "7.25" and report.format_value(0.5, lambda v: "half") \
+        == "half"
+    with pytest.raises(ValueError, match=r"formats names columns \['acc'\]"):
+        report.format_table(df, {"acc": ".1f"})
+
+
+def test_learning_saves_the_curves_and_the_table(tmp_path):
+    from fernb.train import History
+    from fernb.verdicts import learned
+    rep = Report(tmp_path)
+    history = History([{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+                        "train_acc_ens": 0.5 + e / 10, "val_acc_ens": 0.4 + e / 10}
+                       for e in (1, 2, 3)])
+    labels = np.array([0] * 6 + [1] * 4)
+    shown = rep.learning({"baseline": [history, history]},
+                         [learned("baseline", labels, labels, n_classes=2)], majority=0.6)
+    assert (tmp_path / "figures" / "learning_curves.png").exists()
+    assert (tmp_path / "tables" / "learning.csv").exists()
+    assert shown.table.loc["baseline", "learned"] == "yes"

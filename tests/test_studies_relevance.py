@@ -179,10 +179,9 @@ def test_tables_measured_and_claims(lab, prep) -> None:
     assert {"jaffe_min_gain", "jaffe_weakly_minus_fully"} <= set(jaffe)
     assert not any(k.startswith("sfew") for k in jaffe)
     frame = paper_vs_book("relevance", measured)
-    # The paper's gain is positive: a gain above 0 here goes the same way, any other differs.
-    expected = "same direction" if measured["ckplus_hybrid_gain"] > 0 else "differs"
+    # A gain given as a bare number has no test on independent units behind it.
     assert frame.loc[("Table 4", "Hybrid minus baseline accuracy (points)"),
-                     "verdict"] == expected
+                     "verdict"] == "not testable"
     claims = study.claims(res, res)
     assert all(isinstance(c, Claim) for c in claims) and len(claims) == 10
     # Every variant, both figure runs, evidence masks, a wild run and contempt: each claim is

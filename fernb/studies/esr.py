@@ -750,7 +750,7 @@ def claims(results: StudyResults, strategy: str, first: pd.DataFrame,
     t2 = table2(results, strategy)
     p_te3 = None
     if len(t2) and "Traditional ensemble" in t2.index and "ESR-4 Lvl. 3" in t2.columns:
-        p_te3 = float(t2.loc["Traditional ensemble", "ESR-4 Lvl. 3"].split()[0])
+        p_te3 = float(t2.loc["Traditional ensemble", "ESR-4 Lvl. 3"])
     ratio = first["ESR / TE"].iloc[1:].dropna()
     members = wild.members[wild.members["kind"] == "member"]["accuracy"]
     ens = float(wild.members[wild.members["kind"] == "ensemble"]["accuracy"].iloc[0])
