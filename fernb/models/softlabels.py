@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fernb.models.backbones import Backbone, VGGFaceInput
+from fernb.models.contract import member_index
 
 
 class Network(nn.Module):
@@ -25,8 +26,20 @@ class Network(nn.Module):
         self.prepare = VGGFaceInput() if face_input else nn.Identity()
         self.backbone = backbone
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """VGG16's last feature map (B, C', H', W') of the prepared input."""
+        return self.backbone.forward_features(self.prepare(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooling and the three fully connected layers: logits (B, 1, C)."""
+        return self.backbone.forward_head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.prepare(x))  # (B, 1, C)
+        return self.forward_head(self.forward_features(x))  # (B, 1, C)
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """VGG16's last max-pool (:meth:`Backbone.cam_layer`)."""
+        return self.backbone.cam_layer(member, image_size)
 
 
 def _pools(backbone: Backbone) -> list[int]:
@@ -44,8 +57,22 @@ class VGGTop(nn.Module):
         self.avgpool = backbone.net.avgpool
         self.classifier = backbone.net.classifier
 
+    def forward_features(self, z: torch.Tensor) -> torch.Tensor:
+        """The fifth block's output (B, C', H', W')."""
+        return self.block5(z)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooling and the three fully connected layers: logits (B, 1, C)."""
+        return self.classifier(torch.flatten(self.avgpool(features), 1)).unsqueeze(1)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.block5(z)), 1)).unsqueeze(1)
+        return self.forward_head(self.forward_features(z))  # (B, 1, C)
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """The fifth block's max-pool, VGG16's last (as :meth:`Backbone.cam_layer`), whatever
+        ``image_size`` (the side of the fourth block's output it takes)."""
+        member_index(member, 1)
+        return self.block5[-1]
 
 
 class VGGBase(nn.Module):
