@@ -1,7 +1,8 @@
 """Models: every forward returns logits of shape (batch, members, classes).
 
-The model contract. Every model this package builds provides, as
-:class:`fernb.models.contract.Model` states:
+The model contract. Every model this package builds (:data:`fernb.models.registry.MODELS`
+lists one small instance of each, and ``tests/test_model_contract.py`` checks them all)
+provides, as :class:`fernb.models.contract.Model` states:
 
 - ``forward(x) -> (B, M, C)`` logits; a single network has M = 1, an ensemble one member per
   branch (ESR) or network (:class:`Members`).
@@ -21,7 +22,7 @@ The model contract. Every model this package builds provides, as
   member accepts ``member`` 0 (or -1) only; an out-of-range member is a ``ValueError``.
 
 Building blocks (an ESR branch, the facial-parts encoder-decoder, VGG16's frozen base, ...)
-are not models and need not follow the contract.
+are not models and need not follow the contract; the registry names them.
 """
 from fernb.models.backbones import (Backbone, build_backbone, densenet121, resnet18, resnet34,
                                     vgg16)
