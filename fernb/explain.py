@@ -7,7 +7,9 @@ part. ESR (Siqueira et al., 2020, Fig. 5 right) shows one map per branch; Wadhaw
 
 fernb models return logits (B, M, C); pytorch-grad-cam expects (B, C), so :class:`MemberOutput`
 and :class:`EnsembleOutput` adapt one to the other. Maps are (B, H, W) float32 in [0, 1] at
-the input's size, each normalised by its own minimum and maximum.
+the input's size, each normalised by its own minimum and maximum. By default a member's map
+comes from the model's own ``cam_layer(member, image_size)`` (the model contract of
+:mod:`fernb.models`).
 
 The scores compare a map with a binary evidence mask (the facial regions that carry the
 expression): :func:`evidence_score` is the share of the map's mass inside the mask,
@@ -76,7 +78,7 @@ class EnsembleOutput(nn.Module):
         return logits.softmax(dim=-1).mean(dim=1)  # (B, C)
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, target_layers: Layers, *,
+def gradcam(model: nn.Module, images: torch.Tensor, target_layers: Layers | None = None, *,
             member: int | None = None, targets: int | Sequence[int] | None = None,
             reduce: str = "sum_logits") -> np.ndarray:
     """Grad-CAM maps of one member or of the whole ensemble.
@@ -88,7 +90,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_layers: Layers, *,
     Args:
         model: returns logits (B, M, C).
         images: (B, C_in, H, W) float tensor, as the model takes it.
-        target_layers: a sub-module of ``model`` or a sequence of them.
+        target_layers: a sub-module of ``model`` or a sequence of them; None takes the
+            model's ``cam_layer(member, image_size)`` for ``member``, or every member's (each
+            layer once) for the ensemble.
         member: the member whose class score is explained; None for the ensemble.
         targets: class index per image (or one for all); by default the class predicted by
             that member, or by the ensemble under ``reduce``.
@@ -98,13 +102,16 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_layers: Layers, *,
     Returns:
         (B, H, W) float32 maps in [0, 1].
     """
-    layers = _check_layers(model, target_layers)
     _check_images(images)
     wrapper = EnsembleOutput(model, reduce) if member is None else MemberOutput(model, member)
     with eval_mode(model):
         members, classes = _probe(model, images)
         if member is not None and not -members <= member < members:
             raise ValueError(f"member {member} out of range for a model with {members} members")
+        if target_layers is None:
+            target_layers = _cam_layers(model, range(members) if member is None else [member],
+                                        images.shape[-1])
+        layers = _check_layers(model, target_layers)
         class_targets = _class_targets(targets, len(images), classes)
         try:
             with GradCAM(model=wrapper, target_layers=layers) as cam:
@@ -115,15 +122,16 @@ def gradcam(model: nn.Module, images: torch.Tensor, target_layers: Layers, *,
     return maps.astype(np.float32)
 
 
-def branch_maps(model: nn.Module, images: torch.Tensor, layer_fn: Callable[[int], Layers], *,
+def branch_maps(model: nn.Module, images: torch.Tensor,
+                layer_fn: Callable[[int], Layers] | None = None, *,
                 targets: int | Sequence[int] | None = None) -> np.ndarray:
     """One Grad-CAM map per member, as in ESR Fig. 5 (right).
 
     Args:
         model: returns logits (B, M, C).
         images: (B, C_in, H, W) float tensor.
-        layer_fn: member index -> that member's target layer(s), e.g.
-            ``lambda m: model.branches[m][-1]``.
+        layer_fn: member index -> that member's target layer(s); None takes the model's
+            ``cam_layer(m, image_size)``.
         targets: class index per image (or one for all), shared by every member, e.g. the
             true labels or the ensemble's prediction; by default each member explains its
             own predicted class.
@@ -134,7 +142,8 @@ def branch_maps(model: nn.Module, images: torch.Tensor, layer_fn: Callable[[int]
     _check_images(images)
     with eval_mode(model):
         members, _ = _probe(model, images)
-    return np.stack([gradcam(model, images, layer_fn(m), member=m, targets=targets)
+    return np.stack([gradcam(model, images, None if layer_fn is None else layer_fn(m), member=m,
+                             targets=targets)
                      for m in range(members)])
 
 
@@ -224,6 +233,18 @@ def chance_level(mask: np.ndarray) -> float | np.ndarray:
     uniformly random peak. A float for one (H, W) mask, a (B,) array for (B, H, W)."""
     mask = _check_mask(np.asarray(mask))
     return _unbatch(mask.mean(axis=(-2, -1)), mask)
+
+
+def _cam_layers(model: nn.Module, members: Sequence[int], image_size: int) -> list[nn.Module]:
+    """The model's Grad-CAM layer of each of ``members``, each layer once."""
+    if not callable(getattr(model, "cam_layer", None)):
+        raise TypeError(f"{type(model).__name__} has no cam_layer; pass target_layers")
+    layers: list[nn.Module] = []
+    for m in members:
+        layer = model.cam_layer(m, image_size)
+        if all(layer is not seen for seen in layers):
+            layers.append(layer)
+    return layers
 
 
 def _check_layers(model: nn.Module, target_layers: Layers) -> list[nn.Module]:

@@ -302,7 +302,7 @@ class _Head(nn.Module):
         self.network = network
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.network.head(features).unsqueeze(1)  # (B, 1, C)
+        return self.network.forward_head(features)  # (B, 1, C)
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ def test_vgg16_batch_norm_is_torchvision_vgg16_bn():
     assert count_parameters(ours) == GOLDEN_7["vgg16"] + 8_448
     assert count_parameters(gray) == GOLDEN_7["vgg16"] + 8_448 - 2 * STEM["vgg16"]
     assert _shapes(gray.net).keys() == _shapes(reference).keys()
-    assert ours.cam_layer is ours.net.features[43]
+    assert ours.cam_layer() is ours.net.features[43]
 
 
 def test_narrow_widths_by_hand():
@@ -98,11 +98,12 @@ def test_resnet_keeps_torchvision_names_and_grad_cam_layers():
     for attr in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                  "avgpool", "fc"):
         assert hasattr(model.net, attr)
-    assert model.cam_layer is model.net.layer4 and model.head is model.net.fc
+    assert model.cam_layer() is model.net.layer4 and model.head is model.net.fc
+    assert model.cam_layer(0, image_size=48) is model.net.layer4
     vgg = vgg16(width=0.125)
-    assert vgg.cam_layer is vgg.net.features[-1] and vgg.head is vgg.net.classifier[-1]
-    assert isinstance(densenet121(width=0.125).cam_layer, torch.nn.BatchNorm2d)
-    maps = gradcam(model, torch.rand(2, 3, 64, 64), model.cam_layer)
+    assert vgg.cam_layer() is vgg.net.features[-1] and vgg.head is vgg.net.classifier[-1]
+    assert isinstance(densenet121(width=0.125).cam_layer(), torch.nn.BatchNorm2d)
+    maps = gradcam(model, torch.rand(2, 3, 64, 64), model.cam_layer())
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 

@@ -166,3 +166,24 @@ def test_same_init_gives_added_branches_one_identical_draw():
     assert not torch.equal(weights[0], weights[1])
     fresh = ESR(level=3, n_branches=2, width=0.25, seed=3)
     assert torch.equal(fresh.branches[1].fc.weight, weights[1])
+
+
+@pytest.mark.parametrize("size, level, expected", [(96, 3, ("branch", 1)), (48, 3, ("base", 2)),
+                                                   (48, 1, ("branch", 1)), (96, 5, ("base", 4))])
+def test_cam_layer_is_the_deepest_block_at_least_five_pixels_wide(size, level, expected):
+    model = ESR(arch="lab", level=level, n_branches=2, width=0.25)
+    where, index = expected
+    target = (model.base if where == "base" else model.branches[1].features)[index]
+    assert model.cam_layer(member=1, image_size=size) is target
+
+
+def test_cam_layer_follows_the_member_and_defaults_to_the_last_block():
+    model = esr4(level=3, width=0.25)
+    assert model.cam_layer(2) is model.branches[2].features[-1]
+    assert model.cam_layer(-1) is model.branches[3].features[-1]
+    shared = esr4(level=5, width=0.25)
+    assert shared.cam_layer(1) is shared.cam_layer(3) is shared.base[-1]
+    with pytest.raises(ValueError, match="member"):
+        model.cam_layer(4)
+    with pytest.raises(ValueError, match="image_size"):
+        model.cam_layer(0, image_size=0)

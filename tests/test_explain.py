@@ -187,6 +187,25 @@ def test_branch_maps_follow_each_members_evidence(images):
     assert ((share > 0.3) & (share < 0.7)).all()
 
 
+class CamWindowedEnsemble(WindowedEnsemble):
+    """A WindowedEnsemble that names its Grad-CAM layers, as fernb's models do."""
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        return self.convs[member]
+
+
+def test_default_layers_are_the_models_cam_layers(images):
+    model = CamWindowedEnsemble([half("left"), half("right")])
+    np.testing.assert_array_equal(gradcam(model, images, member=1),
+                                  gradcam(model, images, model.convs[1], member=1))
+    np.testing.assert_array_equal(gradcam(model, images),
+                                  gradcam(model, images, list(model.convs)))
+    np.testing.assert_array_equal(branch_maps(model, images),
+                                  branch_maps(model, images, lambda m: model.convs[m]))
+    with pytest.raises(TypeError, match="TinyEnsemble has no cam_layer; pass target_layers"):
+        gradcam(TinyEnsemble(), images, member=0)
+
+
 def test_union_map_is_renormalised_maximum():
     maps = np.array([[[[0.0, 0.2], [0.1, 0.0]]], [[[0.0, 0.1], [0.4, 0.0]]]])
     np.testing.assert_allclose(union_map(maps)[0], [[0.0, 0.5], [1.0, 0.0]], atol=1e-6)

@@ -68,10 +68,23 @@ def test_plain_r18_is_the_torchvision_network():
 
 def test_cam_layer_and_head():
     model = r18_faml(n_classes=4, width=0.25)
-    assert model.cam_layer is model.net.layer4
+    assert model.cam_layer() is model.net.layer4
     assert model.head is model.net.fc
-    maps = gradcam(model, torch.rand(2, 3, 32, 32), model.cam_layer)
+    maps = gradcam(model, torch.rand(2, 3, 32, 32), model.cam_layer())
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_cam_layer_is_the_deepest_stage_at_least_five_cells_wide(attention):
+    model = r18_faml(n_classes=4, width=0.125, attention=attention)
+    # 48 px: layer1 12, layer2 6, layer3 3, layer4 2 cells; 224 px: layer4 7 cells.
+    expected = model.attention[1] if attention else model.net.layer2
+    assert model.cam_layer(image_size=48) is expected
+    assert model.cam_layer(image_size=224) is model.net.layer4
+    assert model.cam_layer(image_size=16) is (model.attention[0] if attention
+                                              else model.net.layer1)
+    with pytest.raises(ValueError, match="member"):
+        model.cam_layer(member=1)
 
 
 def test_seeded_builds_are_reproducible():

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from fernb.ensemble import plurality_vote
+from fernb.models.backbones import resnet18
 from fernb.models.members import Members, as_members
 from fernb.seeding import derive_seed, seeded
 
@@ -58,3 +59,17 @@ def test_as_members_shapes():
         as_members(torch.zeros(2))
     with pytest.raises(ValueError, match="at least one"):
         Members([])
+
+
+def test_contract_needs_networks_that_follow_it():
+    plain = Members.build(lambda: nn.Linear(4, 3), 2, seed=0)
+    with pytest.raises(TypeError, match="Linear has no forward_features"):
+        plain.forward_features(torch.randn(2, 4))
+    with pytest.raises(TypeError, match="Linear has no cam_layer"):
+        plain.cam_layer(1)
+    with pytest.raises(ValueError, match="member must be an integer in \\[-2, 2\\)"):
+        plain.member(2)
+    model = Members.build(lambda: resnet18(n_classes=3, width=0.0625), 2, seed=0).eval()
+    with pytest.raises(ValueError, match="tuple of 2"):
+        model.forward_head(model.forward_features(torch.rand(1, 3, 32, 32))[:1])
+    assert model.cam_layer(-1) is model.networks[1].cam_layer()

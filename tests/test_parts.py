@@ -323,12 +323,13 @@ def test_every_kind_of_network_k_starts_from_the_same_extractor():
     assert not torch.equal(kinds[0].networks[0].head[0].weight, kinds[1].networks[0].head[0].weight)
 
 
-def test_gradcam_layer_gives_one_map_per_part():
+def test_cam_layer_gives_one_map_per_part():
     el = part_ensemble("el", width=0.125, n_classes=7)
     images = torch.rand(2, 3, 32, 32)
-    layer = el.networks[0].gradcam_layer
+    layer = el.networks[0].cam_layer()
     assert isinstance(layer[0], nn.Conv2d) and layer[0] is el.networks[0].features.blocks[-1][1][0]
-    maps = branch_maps(el, images, lambda m: el.networks[m].gradcam_layer)
+    assert el.cam_layer(3) is el.networks[3].cam_layer()
+    maps = branch_maps(el, images)
     assert maps.shape == (5, 2, 32, 32)
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
 

@@ -188,8 +188,8 @@ def test_the_baseline_has_no_relevance_map():
 def test_gradcam_on_the_cam_layer():
     torch.manual_seed(0)
     net = RelevanceNet(image_size=48, n_classes=3, **SMALL)
-    assert net.cam_layer is net.representation.eblocks[-1]
-    maps = gradcam(net, torch.rand(2, 1, 48, 48), net.cam_layer, member=0)
+    assert net.cam_layer() is net.cam_layer(0, 48) is net.representation.eblocks[-1]
+    maps = gradcam(net, torch.rand(2, 1, 48, 48), member=0)
     assert maps.shape == (2, 48, 48) and np.isfinite(maps).all()
 
 

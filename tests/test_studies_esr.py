@@ -100,17 +100,6 @@ def test_changed_settings_and_bad_milestones_are_refused(data: FaceDataset, tmp_
         study.plan([0], {"interleaved": [3]}, saliency=("interleaved", 3))
 
 
-@pytest.mark.parametrize("size, level, expected", [(96, 3, ("branch", 1)), (48, 3, ("base", 2)),
-                                                   (48, 1, ("branch", 1)), (96, 5, ("base", 4))])
-def test_cam_layer_is_the_deepest_block_at_least_five_pixels_wide(size, level, expected):
-    from fernb.models import ESR
-    model = ESR(arch="lab", level=level, n_branches=2, width=0.25)
-    branch = model.branches[1]
-    where, index = expected
-    target = (model.base if where == "base" else branch.features)[index]
-    assert study.cam_layer(model, branch, size) is target
-
-
 def test_a_run_with_missing_artifacts_is_trained_again(data: FaceDataset, tmp_path,
                                                        monkeypatch) -> None:
     """A folder left by a crash (or another run) must never break later runs: a run whose

@@ -5,7 +5,7 @@ by a C-way layer, initialised from VGG-Face; Zhou, Xie and Tian (Table 6) compar
 (ResNet-18 from ImageNet), ResNet34, VGG16, DenseNet121 and R18 (ResNet-18 from MS-Celeb-1M).
 Every builder here returns a :class:`Backbone`: ``forward(x)`` gives logits (B, 1, C), the
 torchvision network is ``.net`` (so a ResNet's ``conv1, bn1, relu, maxpool, layer1..layer4,
-avgpool, fc`` are ``model.net.<name>``), ``.cam_layer`` is the layer Grad-CAM explains and
+avgpool, fc`` are ``model.net.<name>``), ``.cam_layer()`` is the layer Grad-CAM explains and
 ``.head`` the C-way linear layer.
 
 Width. ``width=1.0`` (the default) is exactly torchvision's architecture; the tests check the
@@ -66,12 +66,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vgg import VGG, cfgs, make_layers
 
-from fernb.models.members import as_members
+from fernb.models.contract import member_index
 from fernb.models.sizes import check_sizes, scaled
 
 WeightsPath = str | Path | None
@@ -92,27 +93,33 @@ _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
 
 
 class Backbone(nn.Module):
-    """A torchvision network whose ``forward`` returns logits (B, 1, C).
+    """A torchvision ResNet, VGG or DenseNet whose ``forward`` returns logits (B, 1, C).
 
     Args:
         net: the torchvision network (``.net``).
         arch: builder name, e.g. ``"resnet18"``.
         cam_layer: dotted path in ``net`` of the layer Grad-CAM explains.
         head: dotted path in ``net`` of the C-way linear layer.
+
+    ``forward_features`` is the network up to its last feature map (ResNet ``layer4``, VGG and
+    DenseNet ``features``), ``forward_head`` the rest, as torchvision's ``forward`` runs them.
     """
 
     def __init__(self, net: nn.Module, *, arch: str, cam_layer: str, head: str) -> None:
         super().__init__()
+        if not isinstance(net, (ResNet, VGG, DenseNet)):
+            raise TypeError(f"net must be a torchvision ResNet, VGG or DenseNet, got "
+                            f"{type(net).__name__}")
         self.net = net
         self.arch = arch
-        self._cam_layer, self._head = cam_layer, head
+        self._cam_path, self._head = cam_layer, head
 
-    @property
-    def cam_layer(self) -> nn.Module:
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
         """The last convolutional block, for :func:`fernb.explain.gradcam`: ResNet
         ``layer4``, VGG ``features[-1]`` (its last max-pool), DenseNet ``features.norm5``
-        (pytorch-grad-cam's recommended layers)."""
-        return self.net.get_submodule(self._cam_layer)
+        (pytorch-grad-cam's recommended layers), whatever ``image_size``."""
+        member_index(member, 1)
+        return self.net.get_submodule(self._cam_path)
 
     @property
     def head(self) -> nn.Linear:
@@ -125,8 +132,26 @@ class Backbone(nn.Module):
         """The head's state-dict keys in ``net``."""
         return f"{self._head}.weight", f"{self._head}.bias"
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (B, C', H', W')."""
+        net = self.net
+        if isinstance(net, ResNet):
+            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+            return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return net.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooling and the classifier: logits (B, 1, C)."""
+        net = self.net
+        if isinstance(net, ResNet):
+            return net.fc(torch.flatten(net.avgpool(features), 1)).unsqueeze(1)
+        if isinstance(net, VGG):
+            return net.classifier(torch.flatten(net.avgpool(features), 1)).unsqueeze(1)
+        pooled = F.adaptive_avg_pool2d(F.relu(features), 1)  # DenseNet
+        return net.classifier(torch.flatten(pooled, 1)).unsqueeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return as_members(self.net(x))  # (B, 1, C)
+        return self.forward_head(self.forward_features(x))  # (B, 1, C)
 
 
 def _check(n_classes: int, in_chans: int, width: float) -> None:

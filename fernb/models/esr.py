@@ -27,6 +27,7 @@ from torch import nn
 
 from fernb.complexity import eval_mode
 from fernb.ensemble import plurality_vote
+from fernb.models.contract import deepest_layer, member_index
 from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
 
@@ -93,7 +94,8 @@ class ESR(nn.Module):
             with one branch is exactly the single network, and branch ``b`` starts exactly
             like network ``b`` of the traditional ensemble (level 0) with the same seed.
 
-    ``forward`` returns emotion logits of shape (batch, branches, classes).
+    ``forward`` returns emotion logits of shape (batch, branches, classes); the members are
+    the branches.
     """
 
     def __init__(self, *, arch: str = "lab", level: int | None = None, n_branches: int | None = None,
@@ -176,6 +178,15 @@ class ESR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (B, M, C)
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """The convolution block Grad-CAM explains for branch ``member`` (paper Fig. 5): the
+        deepest block on its path (shared base, then the branch) whose output is at least
+        :data:`~fernb.models.contract.MIN_CAM_SIZE` pixels wide at ``image_size``. At 96x96
+        that is the last convolution (7x7 on the CK+ network), as in the paper; at 48x48 the
+        last one is 1x1, so the map comes from the third (9x9). None: the last block."""
+        branch = self.branches[member_index(member, len(self.branches))]
+        return deepest_layer(self, [*self.base, *branch.features], self._in_chans, image_size)
 
     def forward_affect(self, x: torch.Tensor, n_branches: int | None = None) -> torch.Tensor:
         """Valence and arousal per branch: (B, M, 2) (ESR-9 only); ``n_branches`` limits it

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fernb.models.backbones import WeightsPath, resnet18
+from fernb.models.contract import deepest_layer, member_index
 
 Area = tuple[float, float, float, float]  # (top, bottom, left, right), fractions of the image
 
@@ -196,6 +197,7 @@ class FAML(nn.Module):
                  area_init: str = "copy", head_dim: int = 32, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.net = net
+        self.in_chans = net.conv1.in_channels
         self.fusion, self.use_attention = bool(fusion), bool(attention)
         if fusion:
             net.conv1 = FacialAreaFusion(net.conv1, areas, area_weight=area_weight,
@@ -205,10 +207,18 @@ class FAML(nn.Module):
             [AttentionBlock(stage[-1].bn2.num_features, head_dim=head_dim, mlp_ratio=mlp_ratio)
              for stage in stages] if attention else [])
 
-    @property
-    def cam_layer(self) -> nn.Module:
-        """The last residual stage (``net.layer4``), for :func:`fernb.explain.gradcam`."""
-        return self.net.layer4
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """The layer Grad-CAM explains (Fig. 8): the output of the deepest residual stage that
+        is at least :data:`~fernb.models.contract.MIN_CAM_SIZE` cells wide at ``image_size``
+        (the attention block after it, when there is one, since the next stage reads that):
+        ``layer4`` at the paper's 224 px, ``layer2``'s attention block at 48 px, where
+        ``layer4`` is 2 x 2. None: ``layer4``."""
+        member_index(member, 1)
+        net = self.net
+        stages = (net.layer1, net.layer2, net.layer3, net.layer4)
+        candidates = [self.attention[i] if i < len(self.attention) else stage
+                      for i, stage in enumerate(stages)]
+        return deepest_layer(self, candidates, self.in_chans, image_size)
 
     @property
     def head(self) -> nn.Linear:

@@ -5,6 +5,10 @@ logits of shape (batch, members, classes), so every decision rule in :mod:`fernb
 and every metric in :mod:`fernb.evaluate` applies to it. :meth:`Members.build` gives every
 network its own reproducible initialisation (:func:`fernb.seeding.seeded` with the member's
 index), so members differ from each other and are identical on a rerun with the same seed.
+
+``forward`` takes any networks; the rest of the model contract (:mod:`fernb.models`) needs
+networks that follow it: ``forward_features`` returns a tuple of each network's features,
+``forward_head`` takes that tuple, and ``cam_layer(member)`` is network ``member``'s own.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from fernb.models.contract import Features, member_index
 from fernb.seeding import seeded
 
 
@@ -57,15 +62,52 @@ class Members(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([as_members(net(x)) for net in self.networks], dim=1)  # (B, M, C)
 
+    def forward_features(self, x: torch.Tensor) -> tuple[Features, ...]:
+        """Each network's features, in member order."""
+        return tuple(_contract(net, "forward_features").forward_features(x)
+                     for net in self.networks)
+
+    def forward_head(self, features: tuple[Features, ...]) -> torch.Tensor:
+        """Each network's head on its own features: (B, M, C)."""
+        if not isinstance(features, tuple) or len(features) != len(self.networks):
+            raise ValueError(f"features must be a tuple of {len(self.networks)} networks' "
+                             f"features, as forward_features returns them")
+        return torch.cat([as_members(_contract(net, "forward_head").forward_head(f))
+                          for net, f in zip(self.networks, features)], dim=1)
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """Network ``member``'s Grad-CAM layer."""
+        network = self.networks[member_index(member, len(self.networks))]
+        return _contract(network, "cam_layer").cam_layer(0, image_size)
+
     def member(self, index: int) -> nn.Module:
         """Network ``index`` alone, as a model with members = 1."""
-        return _Single(self.networks[index])
+        return _Single(self.networks[member_index(index, len(self.networks))])
+
+
+def _contract(network: nn.Module, method: str) -> nn.Module:
+    if not callable(getattr(network, method, None)):
+        raise TypeError(f"{type(network).__name__} has no {method}; Members needs networks "
+                        f"that follow the model contract of fernb.models for it")
+    return network
 
 
 class _Single(nn.Module):
+    """One network as a model with members = 1 (see :meth:`Members.member`)."""
+
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return as_members(self.network(x))  # (B, 1, C)
+
+    def forward_features(self, x: torch.Tensor) -> Features:
+        return _contract(self.network, "forward_features").forward_features(x)
+
+    def forward_head(self, features: Features) -> torch.Tensor:
+        return as_members(_contract(self.network, "forward_head").forward_head(features))
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        member_index(member, 1)
+        return _contract(self.network, "cam_layer").cam_layer(0, image_size)

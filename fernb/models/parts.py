@@ -35,7 +35,7 @@ Choices where the paper is silent (the authors' public notebook settles some of 
   extractor parameters) although BatchNorm follows them. BatchNorm uses PyTorch's defaults
   (momentum 0.1, eps 1e-5); Keras' are momentum 0.99 (PyTorch 0.01) and eps 1e-3.
 - ``width`` scales every convolution's filters and the 128-unit dense layers (1.0 = paper).
-- :attr:`PartNetwork.gradcam_layer` is the last convolution's BN-ReLU output (before the last
+- :meth:`PartNetwork.cam_layer` is the last convolution's BN-ReLU output (before the last
   max-pool), the layer Grad-CAM explains (Sec. IV-C, eqs. 5-6).
 
 Complexity at the paper's 160x160x3 input and C = 8 (CK+), see :func:`complexity_summary`:
@@ -70,6 +70,7 @@ from torchvision.ops import Conv2dNormActivation
 from fernb.complexity import (conv_flops_formula, count_keras_parameters, count_parameters,
                               flops, storage_mb)
 from fernb.landmarks import N_LANDMARKS, PARTS
+from fernb.models.contract import member_index
 from fernb.models.members import Members
 from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
@@ -101,6 +102,11 @@ class FeatureExtractor(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.in_chans, self.out_features = in_chans, cin
+
+    @property
+    def last_conv(self) -> nn.Module:
+        """The last convolution with its BN and ReLU, before the last max-pool."""
+        return self.blocks[-1][1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.blocks(x)).flatten(1)  # (B, F)
@@ -180,10 +186,11 @@ class PartNetwork(nn.Module):
     def n_landmarks(self) -> int:
         return len(self.indices)
 
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """The last convolution with its BN and ReLU, before the last max-pool (Sec. IV-C)."""
-        return self.features.blocks[-1][1]
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """The last convolution with its BN and ReLU, before the last max-pool (Sec. IV-C),
+        whatever ``image_size``."""
+        member_index(member, 1)
+        return self.features.last_conv
 
     @property
     def features_frozen(self) -> bool:
@@ -206,8 +213,12 @@ class PartNetwork(nn.Module):
                              f"{tuple(x.shape)}")
         return self.features(x)
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The expression head: logits (B, 1, C)."""
+        return self.head(features).unsqueeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)).unsqueeze(1)  # (B, 1, C)
+        return self.forward_head(self.forward_features(x))  # (B, 1, C)
 
     def forward_landmarks(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised coordinates (B, 2K) of the part's landmarks."""
@@ -246,12 +257,24 @@ def part_ensemble(kind: str = "el", *, n_networks: int = 5, n_classes: int = 8,
 
 
 class _Classifier(nn.Module):
+    """A part network's extractor and expression head (see :func:`expression_network`)."""
+
     def __init__(self, network: PartNetwork) -> None:
         super().__init__()
         self.features, self.head = network.features, network.head
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, F)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).unsqueeze(1)  # (B, 1, C)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).unsqueeze(1)  # (B, 1, C)
+        return self.forward_head(self.forward_features(x))  # (B, 1, C)
+
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        member_index(member, 1)
+        return self.features.last_conv
 
 
 def expression_network(model: PartNetwork | Members) -> nn.Module:

@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fernb.landmarks import heatmap
+from fernb.models.contract import member_index
 from fernb.models.sizes import check_sizes, scaled
 from fernb.seeding import seeded
 from fernb.train.optim import Schedule
@@ -302,8 +303,8 @@ class BaselineCNN(nn.Module):
             defaults).
         seed: build under ``seeded(seed, 0)``; None uses the caller's RNG.
 
-    ``forward(x)`` returns logits (B, 1, C); ``cam_layer`` is the last e-block, the layer
-    to give :func:`fernb.explain.gradcam`.
+    ``forward(x)`` returns logits (B, 1, C); ``cam_layer()`` is the last e-block, the layer
+    :func:`fernb.explain.gradcam` explains.
     """
 
     def __init__(self, *, n_classes: int = 8, image_size: int | tuple[int, int] = 120,
@@ -354,9 +355,10 @@ class BaselineCNN(nn.Module):
     def _init_stream(self, key: int | str) -> AbstractContextManager[None]:
         return nullcontext() if self.seed is None else seeded(self.seed, key)
 
-    @property
-    def cam_layer(self) -> nn.Module:
-        """The last e-block: its output is the feature map Grad-CAM weighs."""
+    def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
+        """The last e-block, whatever ``image_size``: its output is the feature map Grad-CAM
+        weighs."""
+        member_index(member, 1)
         return self.representation.eblocks[-1]
 
     def _check_input(self, x: torch.Tensor) -> None:

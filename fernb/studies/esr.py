@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fernb.complexity import count_parameters, eval_mode
+from fernb.complexity import count_parameters
 from fernb.data.datasets import FaceDataset
 from fernb.data.splits import Split, esr_trials, leave_one_fold_out, standard_split
 from fernb.data.transforms import AUGMENTATIONS, BatchAugmentation
@@ -237,27 +237,6 @@ class StudyResults:
     saliency: dict[str, dict[str, np.ndarray]]
 
 
-MIN_CAM_SIZE = 5
-
-
-def cam_layer(model: ESR, branch: nn.Module, image_size: int) -> nn.Module:
-    """Grad-CAM layer for one branch: the deepest convolution block on its path (shared base,
-    then the branch) whose output is still at least ``MIN_CAM_SIZE`` pixels wide. At 96x96
-    that is the last convolution (7x7), as in the paper; at 48x48 the last convolution is
-    1x1, so the map comes from the third (9x9)."""
-    blocks = [*model.base, *branch.features]
-    x = torch.zeros(1, model.base[0][0].in_channels if len(model.base)
-                    else branch.features[0][0].in_channels, image_size, image_size,
-                    device=next(model.parameters()).device)
-    chosen = blocks[0]
-    with eval_mode(model), torch.no_grad():
-        for block in blocks:
-            x = block(x)
-            if x.shape[-1] >= MIN_CAM_SIZE:
-                chosen = block
-    return chosen
-
-
 def milestone_keys(n_stages: int, milestones: Sequence[int]) -> list[str]:
     """The maps a saliency run records: ``stage{b}_epoch{e}``."""
     return [f"stage{b}_epoch{e}" for b in range(1, n_stages + 1) for e in milestones]
@@ -282,7 +261,7 @@ class _Milestones:
         stage = 1 + next(i for i, b in enumerate(self.esr.branches) if b is branch)
         self.maps[f"stage{stage}_epoch{epoch}"] = gradcam(
             model, self.images.to(next(model.parameters()).device),
-            cam_layer(self.esr, branch, self.images.shape[-1]), member=member,
+            self.esr.cam_layer(stage - 1, self.images.shape[-1]), member=member,
             targets=self.targets.tolist())
 
 

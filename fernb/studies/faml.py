@@ -20,9 +20,9 @@ Choices beyond the paper, each a parameter: the book's stand-in for the MS-Celeb
 pre-training is supervised training on ``synth-lab`` (SGD, lr ``pretrain_lr``, momentum 0.9,
 weight decay 5e-4, cosine annealing, horizontal flips), the only face data a CPU run has.
 Single-model rows (R18, R18+FA, FAML, FAML-FGA) give the mean accuracy of the networks of a
-model, not the best one, so that the rows compare like with like. Grad-CAM maps come from the
-deepest residual stage whose map is at least ``MIN_CAM_SIZE`` cells wide (``layer4`` at the
-paper's 224 px, as the paper; ``layer2`` at 48 px, where ``layer4`` is 2 x 2).
+model, not the best one, so that the rows compare like with like. Grad-CAM maps come from each
+network's ``cam_layer`` at the input's size (:meth:`fernb.models.faml.FAML.cam_layer`:
+``layer4`` at the paper's 224 px, as the paper; ``layer2`` at 48 px, where ``layer4`` is 2 x 2).
 """
 from __future__ import annotations
 
@@ -88,9 +88,6 @@ TABLE3_LOGITS = np.array([
     [0.403, -0.433, -1.392, -0.637, -0.493, -0.131, -1.072],
 ])
 TABLE3_CLASS_COLUMN = ("FE", "FE", "FE", "AN", "AN", "AN")
-
-MIN_CAM_SIZE = 5
-
 
 class WeightFiles(Constraint):
     """A mapping (possibly empty) from Table 6 row names to weight files that exist."""
@@ -1035,29 +1032,6 @@ def hardest_classes(results: StudyResults, model: str = "R18", k: int = 2) -> li
 
 # ----------------------------------------------------------------------------- Fig. 8
 
-def cam_layer(net: nn.Module, image_size: int) -> nn.Module:
-    """The deepest residual stage whose map is at least ``MIN_CAM_SIZE`` cells wide (the
-    attention block after it for FAML, whose output the next stage reads); a non-ResNet
-    backbone's own ``cam_layer``."""
-    if not isinstance(net, FAML):
-        return net.cam_layer
-    sizes, x = [], torch.zeros(1, net.net.conv1.main.in_channels if net.fusion
-                               else net.net.conv1.in_channels, image_size, image_size)
-    with torch.no_grad():
-        was = net.training
-        net.eval()
-        n = net.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        for stage in (n.layer1, n.layer2, n.layer3, n.layer4):
-            x = stage(x)
-            sizes.append(x.shape[-1])
-        net.train(was)
-    index = max([i for i, s in enumerate(sizes) if s >= MIN_CAM_SIZE], default=0)
-    if index < len(net.attention):
-        return net.attention[index]
-    return (n.layer1, n.layer2, n.layer3, n.layer4)[index]
-
-
 FIG8_ROWS = ("R18", "R18+FA", "FAML", "FAML-FGA", "FAML-FGA-T2V")
 
 
@@ -1086,8 +1060,7 @@ def saliency(results: StudyResults, test: FaceDataset, images: np.ndarray, *,
         per_net = []
         for name in members:
             net = load_network(results, replicate, model, name)
-            per_net.append(gradcam(net, x, cam_layer(net, x.shape[-1]), member=0,
-                                   targets=targets))
+            per_net.append(gradcam(net, x, member=0, targets=targets))
         if not row.endswith("T2V"):
             maps[row] = per_net[0]
             continue

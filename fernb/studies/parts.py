@@ -861,10 +861,9 @@ def gradcam_maps(results: StudyResults, key: str, x: torch.Tensor, targets: np.n
     x = x.to(resolve_device(results.config.device))
     for kind in ("baseline", "ftl"):
         model = load_model(results, f"{key}-{kind}")
-        maps[KIND_NAMES[kind]] = union_map(branch_maps(
-            model, x, lambda m: model.networks[m].gradcam_layer, targets=targets))
+        maps[KIND_NAMES[kind]] = union_map(branch_maps(model, x, targets=targets))
     el = load_model(results, f"{key}-el")
-    el_maps = branch_maps(el, x, lambda m: el.networks[m].gradcam_layer, targets=targets)
+    el_maps = branch_maps(el, x, targets=targets)
     maps |= {f"EL {part}": part_maps for part, part_maps in zip(ENSEMBLE_PARTS, el_maps)}
     return maps
 

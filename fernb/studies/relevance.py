@@ -438,7 +438,7 @@ def _score(model: nn.Module, variant: str, prep: Prepared, test: np.ndarray,
     rows: dict[str, np.ndarray] = {"index": test, "label": prep.labels[test],
                                    "pred": to_predictions(logits)}
     param = next(model.parameters())
-    cam = gradcam(model, x.to(param.device), model.cam_layer, member=0,
+    cam = gradcam(model, x.to(param.device), member=0,
                   targets=prep.labels[test].tolist())  # (N, H, W) in [0, 1]
     relevance = None
     if variant != "baseline":

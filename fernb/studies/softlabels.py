@@ -74,7 +74,8 @@ from fernb.ensemble import RULES, diversity
 from fernb.evaluate import accuracy, normalized_confusion, paired_ttest, predict
 from fernb.io import atomic_savez, atomic_torch_save, atomic_write_json, read_json
 from fernb.losses import SoftLabelLoss
-from fernb.models.backbones import Backbone, VGGFaceInput, load_weights, vgg16
+from fernb.models.backbones import Backbone, load_weights, vgg16
+from fernb.models.softlabels import Network, VGGBase, VGGTop
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
                           DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
                           relation)
@@ -300,19 +301,6 @@ def _backbone(n_classes: int, config: Config) -> Backbone:
                  batch_norm=not config.weights, dropout=DROPOUT)
 
 
-class Network(nn.Module):
-    """A VGG16 (``.backbone``) with VGG-Face's input preparation in front when it is loaded
-    with VGG-Face weights; output (B, 1, C)."""
-
-    def __init__(self, backbone: Backbone, *, face_input: bool) -> None:
-        super().__init__()
-        self.prepare = VGGFaceInput() if face_input else nn.Identity()
-        self.backbone = backbone
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.prepare(x))  # (B, 1, C)
-
-
 def network(n_classes: int, config: Config, start: Mapping[str, torch.Tensor] | None, *,
             seed: int, member: int = 0) -> Network:
     """A VGG16 drawn under ``seeded(seed, member)``, then loaded with ``start`` (a state dict
@@ -337,38 +325,6 @@ def start_weights(config: Config) -> dict[str, torch.Tensor] | None:
     backbone = _backbone(2, config)
     load_weights(backbone, config.weights)
     return backbone.net.state_dict()
-
-
-def _pools(backbone: Backbone) -> list[int]:
-    return [i for i, layer in enumerate(backbone.net.features) if isinstance(layer, nn.MaxPool2d)]
-
-
-class VGGTop(nn.Module):
-    """VGG16's fifth convolution block, pooling and three fully connected layers, applied to
-    the fourth block's output (``finetune="top"``); output (B, 1, C)."""
-
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        cut = _pools(backbone)[3] + 1
-        self.block5 = backbone.net.features[cut:]
-        self.avgpool = backbone.net.avgpool
-        self.classifier = backbone.net.classifier
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.block5(z)), 1)).unsqueeze(1)
-
-
-class VGGBase(nn.Module):
-    """The input preparation and first four convolution blocks of a trained network."""
-
-    def __init__(self, net: Network) -> None:
-        super().__init__()
-        cut = _pools(net.backbone)[3] + 1
-        self.prepare = net.prepare
-        self.blocks = net.backbone.net.features[:cut]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.prepare(x))  # (B, 8 * 64 * width, H / 16, W / 16)
 
 
 def _fit_config(config: Config, epochs: int, **changes: Any) -> FitConfig:
