@@ -186,6 +186,15 @@ class Report:
         self.metrics(**{name: value})
         return glue(name, value, fmt)
 
+    def glue_all(self, values: Mapping[str, Any]) -> None:
+        """Glue every value of a chapter's ``highlights`` (name -> text, or number shown by
+        :func:`format_value`) and record them in ``metrics.json``: the notebook's prose cites
+        them, and no notebook cell chooses a sentence."""
+        self.metrics(**values)
+        for name, value in values.items():
+            _check_name(name)
+            glue(name, value if isinstance(value, str) else format_value(value))
+
     def __repr__(self) -> str:
         return f"Report({str(self.results_dir)!r})"
 

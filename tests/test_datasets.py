@@ -54,3 +54,14 @@ def test_bad_input_is_named(kwargs, match) -> None:
                 subjects=np.arange(6), classes=("neutral", "happiness", "sadness"))
     with pytest.raises(ValueError, match=match):
         FaceDataset(**{**base, **kwargs})
+
+
+def test_a_data_spec_loads_the_same_faces_once_per_process() -> None:
+    from fernb.data.datasets import DataSpec
+    from fernb.specs import digest
+    spec = DataSpec.of("synth-lab", size=48, n_subjects=4, seed=1, distractor=0.9)
+    assert spec == DataSpec.of("synth-lab", size=48, n_subjects=4, seed=1, distractor=0.9)
+    assert digest(spec) != digest(DataSpec.of("synth-lab", size=48, n_subjects=4, seed=1))
+    data = spec.load()
+    assert spec.load() is data and len(data) == 4 * 28 and "cue" in data.meta
+    assert DataSpec.of("synth-lab", size=48, n_subjects=4, channels=3).load().channels == 3

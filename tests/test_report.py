@@ -303,3 +303,12 @@ def test_learning_saves_the_curves_and_the_table(tmp_path):
     assert (tmp_path / "figures" / "learning_curves.png").exists()
     assert (tmp_path / "tables" / "learning.csv").exists()
     assert shown.table.loc["baseline", "learned"] == "yes"
+
+
+def test_glue_all_records_and_formats_each_highlight(tmp_path, monkeypatch):
+    glued = {}
+    monkeypatch.setattr(report, "glue", lambda name, value, fmt=None: glued.update({name: value}))
+    rep = Report(tmp_path)
+    rep.glue_all({"acc": 85.53, "n": 1200, "verdict": "holds", "missing": float("nan")})
+    assert glued == {"acc": "85.5", "n": "1,200", "verdict": "holds", "missing": report.MISSING}
+    assert json.loads(rep.metrics_path.read_text())["n"] == 1200

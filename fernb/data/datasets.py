@@ -8,6 +8,7 @@ splits are index arrays and a subset is a cheap copy. ``__getitem__`` returns
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -206,3 +207,39 @@ def chapter_dataset(name: str, data_root: str = "", *, size: int, n_subjects: in
         raise ValueError(f"dataset {name!r} needs its folder: pass -p data_root /path/to/it "
                          f"(or use one of the synthetic presets {SYNTHETIC})")
     return load_dataset(name, root=data_root, size=size, cache_dir=cache_dir)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A chapter's data as plain, comparable settings: enough for a stored job to load the
+    same faces again in any process (the run store keys jobs by it, :mod:`fernb.store`).
+
+    ``knobs`` are the synthetic generator's (:data:`fernb.data.synthetic.KNOBS`), as sorted
+    (name, value) pairs; ``channels`` converts the images (3 for RGB backbones)."""
+
+    name: str
+    root: str = ""
+    size: int = 48
+    n_subjects: int = 40
+    seed: int = 0
+    knobs: tuple[tuple[str, Any], ...] = ()
+    channels: int | None = None
+
+    @classmethod
+    def of(cls, name: str, root: str = "", *, size: int, n_subjects: int = 40, seed: int = 0,
+           channels: int | None = None, **knobs: Any) -> DataSpec:
+        """The spec of :func:`chapter_dataset`'s arguments."""
+        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                              for k, v in knobs.items()))
+        return cls(name, root, size, n_subjects, seed, frozen, channels)
+
+    def load(self) -> FaceDataset:
+        """The dataset (loaded once per process, then shared)."""
+        return _load_spec(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_spec(spec: DataSpec) -> FaceDataset:
+    data = chapter_dataset(spec.name, spec.root, size=spec.size, n_subjects=spec.n_subjects,
+                           seed=spec.seed, **dict(spec.knobs))
+    return data if spec.channels is None else data.with_options(channels=spec.channels)
