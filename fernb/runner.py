@@ -262,17 +262,14 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     output = Path(notebook_dir or results_dir) / f"{stem}.ipynb"
     scratch = results_dir / f".{stem}.running.ipynb"
     failed = results_dir / "failed.ipynb"
-    env_backup = os.environ.pop("MPLBACKEND", None)  # Agg would make glued figures vanish
-    path_backup = os.environ.get("PATH", "")
-    # The kernel is this environment's python3, whatever the caller's PATH says.
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_backup])
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(path), str(scratch), parameters={**params, **reserved},
-            kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
-            progress_bar=progress, request_save_on_cell_execute=False,
-            extra_arguments=KERNEL_ARGUMENTS)
+        with kernel_environment():
+            papermill.execute_notebook(
+                str(path), str(scratch), parameters={**params, **reserved},
+                kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
+                progress_bar=progress, request_save_on_cell_execute=False,
+                extra_arguments=KERNEL_ARGUMENTS)
     except KeyboardInterrupt:
         _keep(scratch, failed)
         raise RunInterrupted(f"{stem} interrupted; rerun the same command to resume") from None
@@ -286,10 +283,6 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     except Exception as err:  # a cell timeout or a dead kernel
         _keep(scratch, failed)
         raise NotebookError(f"notebook {stem} failed: {type(err).__name__}: {err}") from err
-    finally:
-        os.environ["PATH"] = path_backup
-        if env_backup is not None:
-            os.environ["MPLBACKEND"] = env_backup
     seconds = time.perf_counter() - start
     nb = nbformat.read(scratch, as_version=4)
     warnings = tuple(stderr_outputs(nb))
@@ -308,6 +301,21 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     scratch.unlink()
     failed.unlink(missing_ok=True)
     return RunResult(stem, output, results_dir, params, seconds, warnings)
+
+
+@contextmanager
+def kernel_environment() -> Iterator[None]:
+    """While a kernel starts and runs: the ``python3`` kernel is this environment's, whatever
+    the caller's PATH says, and MPLBACKEND is unset (Agg would make glued figures vanish)."""
+    env_backup = os.environ.pop("MPLBACKEND", None)
+    path_backup = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_backup])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path_backup
+        if env_backup is not None:
+            os.environ["MPLBACKEND"] = env_backup
 
 
 def _keep(scratch: Path, failed: Path) -> None:
