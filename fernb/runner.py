@@ -37,6 +37,7 @@ import fernb
 from fernb.io import atomic_write_json, atomic_write_text, read_json
 from fernb.chapters import (notebook_names, prepare, project_root, resolve_notebook,
                             settings_of, validate_profile)
+from fernb.course.release import publish_book_pages
 from fernb.errors import NotebookError, ParameterError, ResultsBusy, RunInterrupted
 
 REMOVE_INPUT_TAGS = ("parameters", "injected-parameters")
@@ -369,6 +370,7 @@ def build_student_book(root: Path | None = None) -> Path:
     atomic_write_text(config, yaml.safe_dump(
         student_config(yaml.safe_load((root / "_config.yml").read_text())), sort_keys=False))
     with hold(generated, "the book"):
+        publish_book_pages(root)
         build_book(root, config=config, output=root / "_build" / "student")
     return root / "_build" / "student" / "_build" / "html"
 
@@ -391,6 +393,7 @@ def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool
     generated = root / "book" / "_generated"
     results, failures = [], []
     with hold(generated, "the book"):
+        publish_book_pages(root)
         for n in names:
             print(f"[fernb] running {n} with profile {profile!r}", file=sys.stderr)
             try:
