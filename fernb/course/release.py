@@ -81,7 +81,8 @@ def student_exercise(path: Path) -> Any:
 
 def publish_book_pages(root: Path | None = None) -> list[Path]:
     """The method exercises as the book shows them (``book/_generated/course/``), in the
-    main book and the student book alike: the student's copy, without its install cell."""
+    main book and the student book alike: the student's copy (whose install cell the page
+    does not show, tagged ``remove-cell``)."""
     root = root or project_root()
     folder = root / BOOK_PAGES
     if folder.exists():
