@@ -90,8 +90,7 @@ def _cmd_course_install_cell(args: argparse.Namespace) -> int:
     from fernb import chapters
     from fernb.course import launch, release
     root = chapters.project_root()
-    paths = [chapters.resolve_notebook(n, root) if not Path(n).is_file() else Path(n)
-             for n in args.notebook]
+    paths = [chapters.resolve_notebook(n, root) for n in args.notebook]
     if args.all:
         paths += [*release.chapter_paths(root), *release.exercise_paths(root)]
     if not paths:

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import io
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +138,8 @@ def run_in_process(nb: Any, cwd: Path | None = None) -> Any:
             continue
         out, err = io.StringIO(), io.StringIO()
         outputs = []
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _cwd(cwd):
+        where = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), where:
             try:
                 exec(compile(cell["source"], f"<cell {index}>", "exec"), namespace)
             except Exception as exc:  # the cell failed: record it as a kernel would
@@ -152,15 +152,6 @@ def run_in_process(nb: Any, cwd: Path | None = None) -> Any:
                                    "text": stream.getvalue()})
         cell["outputs"] = outputs
     return nb
-
-
-@contextlib.contextmanager
-def _cwd(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    with contextlib.chdir(path):
-        yield
 
 
 def failure(cell: Any) -> str:
@@ -189,19 +180,14 @@ def score(nb: Any) -> list[CellGrade]:
     return grades
 
 
-def grade(submission: Path, sources: Path, *, in_process: bool = False,
-          timeout: int = 600) -> Grade:
-    """Grade one submitted notebook against its source in ``sources``."""
+def grade(submission: Path, sources: Path, *, timeout: int = 600) -> Grade:
+    """Grade one submitted notebook against its source in ``sources``, in a kernel."""
     import nbformat
     submission = Path(submission)
     submitted = nbformat.read(submission, as_version=4)
     name = exercise_of(submitted, submission)
     source = nbformat.read(find_source(name, sources), as_version=4)
-    nb = assemble(submitted, source)
-    if in_process:
-        nb = run_in_process(nb, submission.parent)
-    else:
-        nb = run_in_kernel(nb, submission.parent.resolve(), timeout)
+    nb = run_in_kernel(assemble(submitted, source), submission.parent.resolve(), timeout)
     result = Grade(submission, name, score(nb), nb)
     nb["metadata"].setdefault("fernb", {})["grades"] = [c.__dict__ for c in result.cells]
     return result
