@@ -351,15 +351,26 @@ gated secret
 ```{solution-end}
 ```
 
+`````{exercise}
+:label: ex-e
+
+A question.
+
+````{solution} ex-e
+nested secret
+````
+`````
+
 After the exercises."""
 
 
 def test_solution_directives_of_every_fence_leave_the_chapter() -> None:
     texts = markers.solution_directives(CHAPTER_MARKDOWN)
-    assert len(texts) == 4 and "print(\"also secret\")" in texts[1]
+    assert len(texts) == 5 and "print(\"also secret\")" in texts[1]
     student = markers.remove_solution_directives(CHAPTER_MARKDOWN)
     assert "secret" not in student and "{solution" not in student
-    assert "Predict, then run." in student and student.endswith("After the exercises.")
+    assert "Predict, then run." in student and "A question." in student
+    assert student.endswith("After the exercises.")
     assert markers.remove_solution_directives("no directive") == "no directive"
     with pytest.raises(ValueError, match="solution-end"):
         markers.remove_solution_directives("```{solution-start} x\n```\nsecret")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,36 +200,28 @@ def clear_hidden_tests(cell: Any) -> None:
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|:{3,})\s*\{(?P<name>[\w-]+)\}")
 
 
-def _directives(markdown: str) -> Iterator[tuple[int, int, str]]:
-    """(first line, line after the end, name) of every top-level directive."""
+def _solution_spans(markdown: str) -> list[tuple[int, int]]:
+    """Line spans (first, after the last) of the solutions: each {solution} directive, and
+    each {solution-start} through its {solution-end}, also inside other directives."""
     lines = markdown.split("\n")
-    i = 0
+    spans, start, i = [], None, 0
     while i < len(lines):
         m = _FENCE.match(lines[i])
-        if not m:
-            i += 1
+        if not m or not m["name"].startswith("solution"):
+            i += 1  # other directives are read through: a solution may sit inside one
             continue
-        fence = m.group("fence")
+        fence = m["fence"]
         closing = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
-        j = i + 1
-        while j < len(lines) and not closing.match(lines[j]):
-            j += 1
-        yield i, min(j + 1, len(lines)), m.group("name")
-        i = j + 1
-
-
-def _solution_spans(markdown: str) -> list[tuple[int, int]]:
-    """Line spans of solutions: each {solution} directive, and each {solution-start} through
-    its {solution-end}."""
-    spans, start = [], None
-    for first, stop, name in _directives(markdown):
-        if name == "solution":
-            spans.append((first, stop))
-        elif name == "solution-start":
-            start = first
-        elif name == "solution-end" and start is not None:
+        stop = next((j + 1 for j in range(i + 1, len(lines)) if closing.match(lines[j])),
+                    len(lines))
+        if m["name"] == "solution":
+            spans.append((i, stop))
+        elif m["name"] == "solution-start":
+            start = i
+        elif m["name"] == "solution-end" and start is not None:
             spans.append((start, stop))
             start = None
+        i = stop
     if start is not None:
         raise ValueError("a {solution-start} directive without its {solution-end}")
     return spans
