@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Any
-
 import nbformat
 import pytest
 
@@ -30,24 +28,6 @@ def _commands() -> list[tuple[str, str]]:
     return list(dict.fromkeys(found))
 
 
-def _smoke_scale(name: str, overrides: dict[str, str]) -> dict[str, Any]:
-    """The exercise's values, each number capped at the smoke profile's value for it."""
-    path = chapters.resolve_notebook(name, ROOT)
-    settings = chapters.settings_of(path)
-    smoke = chapters.profile_values("smoke", path, ROOT)
-    given = settings.given(overrides)
-    capped = {}
-    for key, value in given.items():
-        small = smoke.get(key)
-        if (isinstance(value, int | float) and not isinstance(value, bool)
-                and isinstance(small, int | float) and value > small):
-            value = small
-        elif isinstance(value, list) and isinstance(small, list) and len(value) > len(small):
-            value = value[:max(len(small), 2)]  # e.g. trials: two keep a test possible
-        capped[key] = value
-    return capped
-
-
 RUNNABLE = [(n, c) for n, c in _commands() if "data_root" not in c and "--profile" not in c]
 
 
@@ -63,7 +43,8 @@ def test_an_exercise_command_runs_to_the_end_at_smoke_scale(name: str, command: 
                                                             tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(shlex.split(command)[1:])
     assert args.notebook == name, f"{command!r} is printed in {name}"
-    overrides = _smoke_scale(name, dict(args.param or []))
+    overrides = chapters.at_smoke_scale(chapters.resolve_notebook(name, ROOT),
+                                        dict(args.param or []), ROOT)
     result = runner.run_notebook(name, profile="smoke", overrides=overrides, root=ROOT,
                                  output_dir=tmp_path / "res", notebook_dir=tmp_path / "nb",
                                  progress=False, timeout=600)
