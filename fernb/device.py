@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# The names a precision resolves to; each is accepted again, so a stored run's computed
+# precision (its key) can configure the run that recomputes it.
+COMPUTED = ("fp32", "bf16", "fp16-amp")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -63,10 +66,16 @@ class Precision:
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """The precision ``"auto"``, ``"fp32"`` or ``"bf16"`` means on ``device``."""
-    if precision not in PRECISIONS:
+    """The precision ``"auto"``, ``"fp32"`` or ``"bf16"`` means on ``device`` (a computed
+    name, ``"fp16-amp"`` included, means itself)."""
+    if precision not in (*PRECISIONS, *COMPUTED):
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     kind = device.type
+    if precision == "fp16-amp":
+        if kind != "cuda":
+            raise ValueError(f"precision 'fp16-amp' is CUDA's mixed precision, not {kind}'s; "
+                             f"use 'auto' or 'fp32'")
+        return Precision("fp16-amp", kind, torch.float16)
     if precision == "fp32" or kind not in ("cpu", "cuda"):
         if precision == "bf16":
             raise ValueError(f"precision 'bf16' is not supported on {kind}; use 'fp32' or "

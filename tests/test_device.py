@@ -61,3 +61,15 @@ def test_bf16_prediction_is_fp32_and_close_to_fp32():
     assert half.dtype == torch.float32 and half.is_contiguous()
     torch.testing.assert_close(half, full, atol=0.1, rtol=0.05)
     assert not torch.equal(half, full)
+
+
+def test_a_computed_precision_configures_a_run_again():
+    """A stored run's key holds the computed name (fp32, bf16, fp16-amp); each is accepted
+    again, so the key's precision can configure the run that recomputes it."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for name in ("fp32", "bf16"):
+        assert D.resolve_precision(D.computed_precision(name, "cpu"), cpu).name == name
+    amp = D.resolve_precision("fp16-amp", cuda)
+    assert amp.name == "fp16-amp" and amp.dtype == torch.float16 and amp.scaled
+    with pytest.raises(ValueError, match="'fp16-amp' is CUDA's mixed precision"):
+        D.resolve_precision("fp16-amp", cpu)
