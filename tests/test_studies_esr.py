@@ -308,3 +308,27 @@ def test_a_new_branch_learns_faster_is_tested_over_the_trials() -> None:
     p = stats.ttest_rel(esr, te).pvalue
     assert claim.verdict == HOLDS and f"p = {p:.3f}" in claim.reason
     assert f"ratio {esr.mean() / te.mean():.2f}" in claim.reason
+
+
+def test_an_interrupted_saliency_run_resumes_with_every_map(tmp_path, monkeypatch) -> None:
+    """Maps drawn before an interruption are kept with the checkpoints: the rerun trains only
+    what was left and stores every milestone map."""
+    settings = toy()
+    run = protocol.Run(0, "ESR", 3, "varied", saliency=True)
+    job = protocol.lab_job(run, study.lab_data(settings), settings, "cpu")
+    drawn, real = [], protocol.gradcam
+
+    def stop_at_the_third_map(*args, **kwargs):
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "gradcam", stop_at_the_third_map)
+    store = Store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        store.run([job])
+    monkeypatch.setattr(protocol, "gradcam", real)
+    assert store.run([job]).trained == [job.label]
+    maps = store.get(job).arrays("saliency")
+    assert set(maps) == {"images"} | {f"stage{s}_epoch{e}" for s in (1, 2) for e in (1, 2)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from fernb.data.transforms import BatchAugmentation
 from fernb.ensemble import plurality_vote
 from fernb.evaluate import predict
 from fernb.explain import gradcam
+from fernb.io import atomic_savez
 from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.store import Entry, Job, Outcome, Store
 from fernb.studies.esr.settings import Settings
@@ -185,13 +187,17 @@ def milestone_keys(n_stages: int, milestones: Sequence[int]) -> list[str]:
 
 class _Milestones:
     """``on_epoch_end`` hook: Grad-CAM of the newest branch/network at chosen epochs (in eval
-    mode, so drawing the maps leaves the training untouched)."""
+    mode, so drawing the maps leaves the training untouched). Each map is kept in ``path``
+    as soon as it is drawn (before the epoch's checkpoint), so a resumed run has them all."""
 
-    def __init__(self, images: torch.Tensor, targets: np.ndarray, epochs: Sequence[int]
-                 ) -> None:
-        self.images, self.targets, self.epochs = images, targets, set(epochs)
+    def __init__(self, images: torch.Tensor, targets: np.ndarray, epochs: Sequence[int],
+                 path: Path) -> None:
+        self.images, self.targets, self.epochs, self.path = images, targets, set(epochs), path
         self.esr: ESR | None = None  # the model whose branches are being trained
         self.maps: dict[str, np.ndarray] = {}
+        if path.exists():
+            with np.load(path) as kept:
+                self.maps = {k: kept[k] for k in kept.files}
 
     def __call__(self, epoch: int, model: nn.Module) -> None:
         if epoch not in self.epochs:
@@ -205,6 +211,7 @@ class _Milestones:
             model, self.images.to(next(model.parameters()).device),
             self.esr.cam_layer(stage - 1, self.images.shape[-1]), member=member,
             targets=self.targets.tolist())
+        atomic_savez(self.path, **self.maps)
 
 
 def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split,
@@ -248,7 +255,8 @@ def train_lab(job: Job, entry: Entry, store: Store, *, device: str = "auto") -> 
     if spec["milestones"]:
         picks = saliency_images(data, split)
         images, targets = data.tensors(picks)
-        hook = _Milestones(images, targets.numpy(), spec["milestones"])
+        hook = _Milestones(images, targets.numpy(), spec["milestones"],
+                           entry.checkpoint / "maps.npz")
     training: LabTraining = spec["training"]
     model, histories = _train(run, data, folds, split, training, device, entry.checkpoint,
                               hook)
