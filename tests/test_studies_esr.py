@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from fernb.data.datasets import FaceDataset
+from fernb.device import computed_precision
 from fernb.store import Store
 from fernb.studies import esr as study
 from fernb.studies.esr import claims, protocol, tables
@@ -64,8 +65,11 @@ def test_a_job_key_holds_only_what_its_model_depends_on() -> None:
     assert [k for k in base if wild[k] != base[k]] == ["ESR-9", "ESR-9 valence/arousal heads"]
     lab = _keys(toy(epochs=1, milestones=[1]))
     assert {k for k in base if lab[k] != base[k]} == {k for k in base if k.startswith("trial")}
-    # Where a model trains is not what it is.
+    # Where a model trains is not what it is; the precision it computes in is.
     assert _keys(toy(device="auto")) == base
+    fp32 = _keys(toy(precision="fp32"))
+    assert (fp32 == base) == (computed_precision("auto", "cpu") == "fp32")
+    assert {job.runtime["device"] for job in study.jobs(toy())} == {"cpu"}
     # Milestones belong to the runs that draw maps (trial 0's TE and saliency ESR) only.
     maps = _keys(toy(milestones=[2]))
     assert {k for k in base if maps[k] != base[k]} == {

@@ -17,11 +17,10 @@ valence/arousal heads (Table 4).
 A job's spec holds exactly what its result depends on (the data, the fold protocol, the model,
 the training settings), so a changed level grid trains only the new ESRs and never ESR-9, and
 changed affect epochs retrain the affect heads only. Where a model trains (``device``) is not
-part of it: the run functions get it as an argument.
+part of it (the job's ``runtime``); the precision it trains at is, as computed on that device.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from fernb.io import atomic_savez
 from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.store import Entry, Job, Outcome, Store
 from fernb.studies.esr.settings import Settings
-from fernb.studies.esr.wild import WildResults, load_wild, wild_jobs
+from fernb.studies.esr.wild import WildResults, fit_precision, load_wild, wild_jobs
 from fernb.train import (STRATEGIES, FitConfig, History, Schedule, sgd, train_bagging,
                          train_esr)
 from fernb.train import fit as _fit
@@ -118,7 +117,8 @@ def plan(trials: Sequence[int], grid: Mapping[str, Sequence[int]], *,
 class LabTraining:
     """How every in-the-lab model trains (paper: SGD with momentum 0.9, lr 0.1, trained
     branches 0.02 under "varied", lr halved every 250 epochs, ESR's augmentation); the
-    model's channel ``width``, the ``precision`` and the ``seed`` of its weights and batches."""
+    model's channel ``width``, the computed ``precision`` (``"fp32"``, ``"bf16"`` or
+    ``"fp16-amp"``) and the ``seed`` of its weights and batches."""
 
     epochs: int
     lr: float = 0.1
@@ -133,13 +133,14 @@ class LabTraining:
     @classmethod
     def of(cls, settings: Settings) -> LabTraining:
         return cls(settings.epochs, settings.lr, settings.lr_trained, settings.lr_step,
-                   settings.batch_size, settings.width, settings.augment, settings.precision,
+                   settings.batch_size, settings.width, settings.augment,
+                   settings.computed_precision,
                    settings.seed)
 
     def fit_config(self, image_size: int, device: str) -> FitConfig:
         return FitConfig(
             epochs=self.epochs, optimizer=sgd(self.lr), batch_size=self.batch_size,
-            device=device, precision=self.precision, seed=self.seed,
+            device=device, precision=fit_precision(self.precision), seed=self.seed,
             augment=BatchAugmentation(self.augment, image_size),
             schedule=Schedule("StepLR", step_size=self.lr_step, gamma=0.5)
             if self.lr_step else None)
@@ -154,14 +155,15 @@ def lab_data(settings: Settings) -> DataSpec:
                        seed=settings.seed if synthetic else 0)
 
 
-def lab_job(run: Run, data: DataSpec, settings: Settings, device: str = "auto") -> Job:
+def lab_job(run: Run, data: DataSpec, settings: Settings, device: str | None = None) -> Job:
     """The stored job of one run: its data, fold protocol, model and training settings, and
-    the milestones of its saliency maps (none for a run that draws no maps)."""
+    the milestones of its saliency maps (none for a run that draws no maps); it trains on
+    ``device`` (settings.device unless given), which is not part of its key."""
     spec = {"data": data, "n_folds": settings.n_folds, "n_train_folds": settings.n_train_folds,
             "run": run, "training": LabTraining.of(settings),
             "milestones": sorted(settings.milestones) if run.saliency else []}
-    return Job("esr.lab", spec, functools.partial(train_lab, device=device),
-               label=f"trial {run.trial}: {run.label}")
+    return Job("esr.lab", spec, train_lab, label=f"trial {run.trial}: {run.label}",
+               runtime={"device": settings.device if device is None else device})
 
 
 def trial_split(data: FaceDataset, n_folds: int, n_train_folds: int, trial: int
@@ -244,10 +246,10 @@ def _train(run: Run, data: FaceDataset, folds: np.ndarray, split: Split,
                      checkpoint=checkpoint, on_epoch_end=hook)
 
 
-def train_lab(job: Job, entry: Entry, store: Store, *, device: str = "auto") -> dict:
+def train_lab(job: Job, entry: Entry, store: Store) -> dict:
     """Run one in-the-lab job: train, test on the trial's test fold, store the test logits,
     one history per stage and the milestone maps."""
-    spec = job.spec
+    spec, device = job.spec, job.runtime.get("device", "auto")
     run: Run = spec["run"]
     data = spec["data"].load()
     folds, split = trial_split(data, spec["n_folds"], spec["n_train_folds"], run.trial)
@@ -261,7 +263,7 @@ def train_lab(job: Job, entry: Entry, store: Store, *, device: str = "auto") -> 
     model, histories = _train(run, data, folds, split, training, device, entry.checkpoint,
                               hook)
     logits = predict(model, data.subset(split.test), device=device,
-                     precision=training.precision).numpy()  # (N, M, C)
+                     precision=fit_precision(training.precision)).numpy()  # (N, M, C)
     labels = data.labels[split.test]
     entry.save_arrays("test", logits=logits, labels=labels, indices=split.test)
     for i, history in enumerate(histories, start=1):
@@ -331,7 +333,6 @@ def lab_runs(settings: Settings) -> list[Run]:
 def jobs(settings: Settings, device: str | None = None) -> list[Job]:
     """Every stored job of the chapter, in the order they run: the lab runs, then ESR-9 and
     its affect heads."""
-    device = settings.device if device is None else device
     data = lab_data(settings)
     return [*(lab_job(r, data, settings, device) for r in lab_runs(settings)),
             *wild_jobs(settings, device)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fernb.data.transforms import AUGMENTATIONS
+from fernb.device import computed_precision
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, DatasetName, ListOf,
                           MappingOf, Range, Relation, Unused, dataset_rules, param, relation)
 from fernb.train import STRATEGIES
@@ -119,6 +120,12 @@ class Settings(ChapterSettings):
                            f"\"{_saliency_example(v['grid'])}\""),
     )
     UNUSED: ClassVar[Sequence[Unused]] = (*_LAB_UNUSED, *_WILD_UNUSED)
+
+    @property
+    def computed_precision(self) -> str:
+        """The precision ``precision`` resolves to on ``device`` here (``"fp32"``, ``"bf16"``
+        or ``"fp16-amp"``): what a stored run depends on, where the device does not."""
+        return computed_precision(self.precision, self.device)
 
     @property
     def strategy(self) -> str:

@@ -4,7 +4,6 @@ subsets (paper Table 3), a second one, which needs it, fine-tunes its valence/ar
 changed level grid never retrains them; changed affect epochs retrain the heads only."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,13 @@ from fernb.store import Entry, Job, Store
 from fernb.studies.esr.settings import Settings
 from fernb.train import (FitConfig, Schedule, balanced_subset, finetune_affect, quadrants, sgd,
                          train_esr)
+
+
+def fit_precision(name: str) -> str:
+    """The ``precision`` argument of :class:`fernb.train.FitConfig` that trains at the
+    computed precision ``name`` (fp16 mixed precision is what ``"auto"`` means on a GPU
+    without bf16)."""
+    return "auto" if name == "fp16-amp" else name
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class WildTraining:
         s = settings
         return cls(s.wild_branches, s.wild_width, s.wild_per_class, s.wild_epochs_first,
                    s.wild_epochs, s.wild_lr, s.wild_lr_trained, s.wild_lr_step,
-                   s.wild_augment, s.batch_size, s.precision, s.seed)
+                   s.wild_augment, s.batch_size, s.computed_precision, s.seed)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class AffectTraining:
     @classmethod
     def of(cls, settings: Settings) -> AffectTraining:
         return cls(settings.affect_epochs, settings.wild_per_class,
-                   batch_size=settings.batch_size, precision=settings.precision,
+                   batch_size=settings.batch_size, precision=settings.computed_precision,
                    seed=settings.seed)
 
 
@@ -82,15 +88,17 @@ def wild_data(settings: Settings) -> DataSpec:
                        seed=settings.seed if synthetic else 0, channels=3)
 
 
-def wild_jobs(settings: Settings, device: str = "auto") -> tuple[Job, Job]:
+def wild_jobs(settings: Settings, device: str | None = None) -> tuple[Job, Job]:
     """ESR-9's emotion training and, needing it, its affect fine-tuning. Neither spec holds
-    anything of the lab study (its grid, folds or trials)."""
+    anything of the lab study (its grid, folds or trials), nor where it trains (``device``,
+    settings.device unless given: the jobs' runtime)."""
     data = wild_data(settings)
+    runtime = {"device": settings.device if device is None else device}
     emotion = Job("esr.wild", {"data": data, "training": WildTraining.of(settings)},
-                  functools.partial(train_wild, device=device), label="ESR-9")
+                  train_wild, label="ESR-9", runtime=runtime)
     affect = Job("esr.affect", {"data": data, "training": AffectTraining.of(settings)},
-                 functools.partial(train_affect, device=device), needs=(emotion,),
-                 label="ESR-9 valence/arousal heads")
+                 train_affect, needs=(emotion,), label="ESR-9 valence/arousal heads",
+                 runtime=runtime)
     return emotion, affect
 
 
@@ -99,24 +107,25 @@ def _wild_parts(data: FaceDataset, seed: int) -> tuple[FaceDataset, FaceDataset,
     return tuple(data.subset(i) for i in (split.train, split.val, split.test))
 
 
-def train_wild(job: Job, entry: Entry, store: Store, *, device: str = "auto") -> dict:
+def train_wild(job: Job, entry: Entry, store: Store) -> dict:
     """Grow ESR-9 on class-balanced subsets of the training part of the data (its official
     partition, else a subject-independent holdout; Algorithm 1, "varied"); store its weights,
     test logits and one history per branch."""
     t: WildTraining = job.spec["training"]
+    device, precision = job.runtime.get("device", "auto"), fit_precision(t.precision)
     train, val, test = _wild_parts(job.spec["data"].load(), t.seed)
     subsets = [balanced_subset(train.labels, t.per_class, seed=t.seed + b)
                for b in range(t.n_branches)]
     model = ESR(arch="wild", n_branches=1, n_classes=train.n_classes, width=t.width,
                 seed=t.seed)
     config = FitConfig(epochs=t.epochs, optimizer=sgd(t.lr), batch_size=t.batch_size,
-                       device=device, precision=t.precision, seed=t.seed,
+                       device=device, precision=precision, seed=t.seed,
                        schedule=Schedule("StepLR", step_size=t.lr_step, gamma=0.5),
                        augment=BatchAugmentation(t.augment, train.image_size[0]))
     model, histories = train_esr(model, train, subsets, val, config, strategy="varied",
                                  epochs=[t.epochs_first] + [t.epochs] * (t.n_branches - 1),
                                  lr_trained=t.lr_trained, checkpoint=entry.checkpoint)
-    logits = predict(model, test, device=device, precision=t.precision).numpy()
+    logits = predict(model, test, device=device, precision=precision).numpy()
     entry.save_state("model", model.state_dict())
     entry.save_arrays("test", logits=logits, labels=test.labels)
     for i, history in enumerate(histories, start=1):
@@ -126,7 +135,7 @@ def train_wild(job: Job, entry: Entry, store: Store, *, device: str = "auto") ->
             "stages": len(histories), "params": count_parameters(model)}
 
 
-def train_affect(job: Job, entry: Entry, store: Store, *, device: str = "auto") -> dict:
+def train_affect(job: Job, entry: Entry, store: Store) -> dict:
     """Fine-tune the stored ESR-9's valence/arousal heads branch by branch on
     quadrant-balanced subsets, everything learned for emotions frozen; store the test
     predictions (N, M, 2), the targets and the training mean. A dataset without
@@ -134,6 +143,7 @@ def train_affect(job: Job, entry: Entry, store: Store, *, device: str = "auto") 
     emotion = store.get(job.needs[0])
     w: WildTraining = job.needs[0].spec["training"]
     t: AffectTraining = job.spec["training"]
+    device, precision = job.runtime.get("device", "auto"), fit_precision(t.precision)
     train, val, test = _wild_parts(job.spec["data"].load(), w.seed)
     if train.valence_arousal is None:
         return {"affect": False, "stages": 0}
@@ -143,12 +153,12 @@ def train_affect(job: Job, entry: Entry, store: Store, *, device: str = "auto") 
     subsets = [balanced_subset(quadrants(train.valence_arousal), t.per_class, seed=t.seed + b)
                for b in range(w.n_branches)]
     config = FitConfig(epochs=t.epochs, optimizer=sgd(t.lr), batch_size=t.batch_size,
-                       device=device, precision=t.precision, seed=t.seed)
+                       device=device, precision=precision, seed=t.seed)
     model, histories = finetune_affect(model, train.with_options(target="valence_arousal"),
                                        subsets, val.with_options(target="valence_arousal"),
                                        config, lr_trained=t.lr_trained,
                                        checkpoint=entry.checkpoint)
-    affect = predict(model, test, device=device, precision=t.precision,
+    affect = predict(model, test, device=device, precision=precision,
                      output="forward_affect").numpy()  # (N, M, 2)
     entry.save_arrays("affect", predicted=affect, target=test.valence_arousal,
                       train_mean=train.valence_arousal.mean(0))
