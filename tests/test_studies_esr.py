@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from fernb.data.datasets import FaceDataset
+from fernb.data.splits import Split
 from fernb.device import computed_precision
 from fernb.store import Store
 from fernb.studies import esr as study
@@ -336,3 +337,138 @@ def test_an_interrupted_saliency_run_resumes_with_every_map(tmp_path, monkeypatc
     assert store.run([job]).trained == [job.label]
     maps = store.get(job).arrays("saliency")
     assert set(maps) == {"images"} | {f"stage{s}_epoch{e}" for s in (1, 2) for e in (1, 2)}
+
+
+# ----------------------------------------------------------------------- diversity, by hand
+
+def _pair(disagree: int) -> np.ndarray:
+    """(N, 2, C) logits of two members right on faces 0-31 (80%), the second predicting a
+    third class on the first ``disagree`` faces: they disagree on exactly those."""
+    y = np.arange(N) % C
+    first = np.where(np.arange(N) < 32, y, (y + 1) % C)
+    second = np.where(np.arange(N) < disagree, (y + 2) % C, first)
+    return np.stack([np.eye(C)[first], np.eye(C)[second]], axis=1)
+
+
+def _diverse(disagree: dict[str, list[int]]) -> study.Results:
+    """Three trials of the single network, the TE and the ESR at level 3 (own draws and
+    identical starts), whose members disagree on ``disagree[label][t]`` of the N faces."""
+    lab = _lab({"Single network": [32] * 3})
+    models = {"Traditional ensemble": ("TE", "-", "own"),
+              "ESR-4 Lvl. 3 (varied)": ("ESR", "varied", "own"),
+              "ESR-4 Lvl. 3 (varied, identical starts)": ("ESR", "varied", "same")}
+    rows = [lab.table]
+    for label, per_trial in disagree.items():
+        model, strategy, init = models[label]
+        for t, d in enumerate(per_trial):
+            run = protocol.Run(t, model, 3 if model == "ESR" else 0, strategy, init)
+            lab.logits[run.key], lab.labels[run.key] = _pair(d), np.arange(N) % C
+            lab.histories[run.key] = []
+            rows.append(pd.DataFrame([{"trial": t, "model": model, "level": run.level,
+                                       "strategy": strategy, "init": init, "key": run.key,
+                                       "label": label, "accuracy": 0.8}]))
+    lab.table = pd.concat(rows, ignore_index=True)
+    return _results(lab, 3, grid={"varied": [3]})
+
+
+def test_the_disagreement_of_members_is_counted_face_by_face() -> None:
+    results = _diverse({"Traditional ensemble": [4, 6, 8], "ESR-4 Lvl. 3 (varied)": [2, 4, 6],
+                        "ESR-4 Lvl. 3 (varied, identical starts)": [0, 0, 2]})
+    table = tables.diversity_table(results.lab)
+    assert table.loc["Traditional ensemble", "disagreement"] == pytest.approx(6 / N)
+    assert table.loc["ESR-4 Lvl. 3 (varied)", "disagreement"] == pytest.approx(4 / N)
+    # Both members wrong on faces 32-39 only: double fault 8/40; an oracle is right on 32.
+    assert table.loc["ESR-4 Lvl. 3 (varied)", "oracle accuracy"] == pytest.approx(32 / N)
+    control = tables.init_control(results.lab, "varied", 3)
+    assert control["disagreement"].tolist() == pytest.approx([4 / N, 2 / (3 * N)])
+
+
+def test_distinct_starts_disagree_more_is_a_paired_test_over_the_trials() -> None:
+    own, same = [8, 10, 12], [0, 1, 2]
+    results = _diverse({"Traditional ensemble": [8, 10, 12], "ESR-4 Lvl. 3 (varied)": own,
+                        "ESR-4 Lvl. 3 (varied, identical starts)": same})
+    checks = claims.learning_checks(results)
+    claim = claims.init_claim(results, checks)
+    p = stats.ttest_rel(np.array(own) / N, np.array(same) / N).pvalue  # 0.005
+    assert claim.verdict == HOLDS and f"p = {p:.3f}" in claim.reason
+    # The ESR disagrees as often as the TE (equal per trial): no significant difference.
+    assert claims.diversity_claim(results, checks).verdict == HOLDS
+    reversed_ = _diverse({"Traditional ensemble": [0, 1, 2], "ESR-4 Lvl. 3 (varied)": same,
+                          "ESR-4 Lvl. 3 (varied, identical starts)": own})
+    checks = claims.learning_checks(reversed_)
+    assert claims.init_claim(reversed_, checks).verdict == FAILS
+    far = _diverse({"Traditional ensemble": [8, 10, 12], "ESR-4 Lvl. 3 (varied)": [0, 1, 2],
+                    "ESR-4 Lvl. 3 (varied, identical starts)": same})
+    assert claims.diversity_claim(far, claims.learning_checks(far)).verdict == FAILS
+
+
+# ----------------------------------------------------------------------- tables, by hand
+
+def test_fig4_levels_are_means_and_stds_over_the_trials() -> None:
+    levels = tables.by_level(_lab(GOOD)).set_index(["strategy", "level"])
+    lv3 = np.array([31, 32, 35]) / N * 100
+    assert levels.loc[("varied", 3), "mean"] == pytest.approx(lv3.mean())
+    assert levels.loc[("varied", 3), "std"] == pytest.approx(lv3.std(ddof=1))
+    assert (levels["trials"] == 3).all()
+    one = tables.by_level(_lab({k: v[:1] for k, v in GOOD.items()}))
+    assert one["std"].isna().all() and (one["trials"] == 1).all()
+
+
+def test_table2_holds_the_paired_t_test_p_values() -> None:
+    t2 = tables.table2(_lab(GOOD), "varied")
+    te, single = np.array([30, 33, 34]), np.array([24, 26, 28])
+    assert t2.loc["Single network", "Traditional ensemble"] == pytest.approx(
+        stats.ttest_rel(single, te).pvalue)
+    one = tables.table2(_lab({k: v[:1] for k, v in GOOD.items()}), "varied")
+    assert one.isna().all().all() and list(one.columns) == [
+        "Traditional ensemble", "ESR-4 Lvl. 3", "ESR-4 Lvl. 4"]
+
+
+def test_table4_rmse_of_the_branches_mean_and_of_the_training_mean() -> None:
+    target = np.array([[0.5, -0.5], [0.0, 0.5], [-0.5, 0.0], [1.0, 0.0]])
+    shift = np.array([[0.1, 0.3], [-0.1, -0.3]])  # two branches, their mean is the target
+    wild = protocol.WildResults(np.zeros((4, 2, C)), np.arange(4), ("a", "b", "c", "d"), [], 0,
+                                affect={"predicted": target[:, None, :] + shift,
+                                        "target": target, "train_mean": np.array([0.5, 0.0])})
+    table = tables.rmse_table(wild)
+    assert table.loc["ESR-9 (mean of branches)"].tolist() == pytest.approx([0, 0])
+    assert table.loc["branch 1"].tolist() == pytest.approx([0.1, 0.3])
+    # Training mean (0.5, 0): valence errors 0, 0.5, 1, 0.5; arousal 0.5, 0.5, 0, 0.
+    assert table.loc["predict the training mean"].tolist() == pytest.approx(
+        [np.sqrt(1.5 / 4), np.sqrt(0.5 / 4)])
+    wild.affect = None
+    assert tables.rmse_table(wild).empty
+
+
+def test_the_paper_settings_sit_beside_this_runs() -> None:
+    shown = tables.scaled_down(toy())
+    assert shown.loc["n_folds", "this run"] == 4 and shown.loc["n_folds", "paper profile"] == 10
+    assert shown.loc["grid", "this run"] == '{"varied": [3]}'
+    assert not {"data_root", "wild_root", "device"} & set(shown.index)
+
+
+def test_saliency_faces_are_the_last_happiness_and_fear_faces_of_the_test_fold() -> None:
+    classes = ("anger", "fear", "happiness")
+    data = FaceDataset(images=np.zeros((8, 8, 8), np.uint8),
+                       labels=np.array([2, 1, 0, 2, 1, 2, 1, 0]), subjects=np.arange(8),
+                       classes=classes)
+    split = Split(train=np.array([0]), val=np.array([7]), test=np.arange(1, 7))
+    assert protocol.saliency_images(data, split).tolist() == [5, 6]
+    no_fear = Split(train=np.array([0]), val=np.array([7]), test=np.array([2, 3, 5]))
+    assert protocol.saliency_images(data, no_fear).tolist() == [5]
+
+
+def test_a_computed_precision_trains_as_fit_understands_it() -> None:
+    from fernb.studies.esr.wild import fit_precision
+    assert [fit_precision(p) for p in ("fp32", "bf16", "fp16-amp")] == ["fp32", "bf16", "auto"]
+
+
+def test_paper_values_are_this_runs_trial_means_and_judged_claims() -> None:
+    results = _results(_lab(GOOD), 3)
+    judged = claims.judge_claims(results, claims.learning_checks(results))
+    values = claims.measured(results, tables.paper_complexity(), judged)
+    assert values["single_accuracy"] == 65.0 and values["te_accuracy"] == pytest.approx(80.8)
+    assert values["single_params"] == 131_208
+    assert values["ttest_single_te"] is judged["ttest_single_te"]
+    assert values["esr9_affectnet_accuracy"] == 75.0  # every member right on 30 of 40
+    assert "esr9_rmse_valence" not in values  # no valence/arousal in this toy
