@@ -8,8 +8,9 @@ from typing import ClassVar
 
 from fernb.data.transforms import AUGMENTATIONS
 from fernb.device import computed_precision
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, DatasetName, ListOf,
-                          MappingOf, Range, Relation, Unused, dataset_rules, param, relation)
+from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, DatasetName,
+                          ListOf, MappingOf, Range, Relation, Unused, dataset_rules, param,
+                          relation)
 from fernb.train import STRATEGIES
 
 LAB_DATASETS = ("synth-lab", "synth-wild", "ckplus", "jaffe", "folder")
