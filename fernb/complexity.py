@@ -264,9 +264,10 @@ def measured_cost(models: Mapping[str, nn.Module], input_shape: Sequence[int], *
 
     Returns:
         DataFrame indexed by name: ``train_time_ratio`` and ``inference_time_ratio``
-        (medians), ``train_ratio_range`` and ``inference_ratio_range`` (lowest-highest),
-        ``flops_ratio``, ``params_ratio`` and the median absolute ``train_img_per_s`` and
-        ``inference_img_per_s``.
+        (medians), ``train_ratio_range`` and ``inference_ratio_range`` (lowest-highest, as
+        text), ``flops_ratio``, ``params_ratio``, the median absolute ``train_img_per_s`` and
+        ``inference_img_per_s``, and the same spread as numbers: ``train_ratio_low``,
+        ``train_ratio_high``, ``inference_ratio_low`` and ``inference_ratio_high``.
     """
     if batch_size < 1 or steps < 1 or repeats < 1:
         raise ValueError(f"batch_size, steps and repeats must be >= 1; got {batch_size}, "
@@ -285,12 +286,15 @@ def measured_cost(models: Mapping[str, nn.Module], input_shape: Sequence[int], *
         table[f"{kind}_time_ratio"] = ratios.median()
         table[f"{kind}_ratio_range"] = [f"{lo:.2f}-{hi:.2f}" for lo, hi in
                                         zip(ratios.min(), ratios.max())]
+        table[f"{kind}_ratio_low"] = ratios.min()
+        table[f"{kind}_ratio_high"] = ratios.max()
         table[f"{kind}_img_per_s"] = (size * steps / seconds).median()
     table["flops_ratio"] = counts["flops_ratio"]
     table["params_ratio"] = counts["params_ratio"]
     return table[["train_time_ratio", "train_ratio_range", "inference_time_ratio",
                   "inference_ratio_range", "flops_ratio", "params_ratio", "train_img_per_s",
-                  "inference_img_per_s"]]
+                  "inference_img_per_s", "train_ratio_low", "train_ratio_high",
+                  "inference_ratio_low", "inference_ratio_high"]]
 
 
 def count_keras_parameters(model: nn.Module) -> int:

@@ -139,7 +139,8 @@ class Report:
                           and df.index.step == 1 and df.index.name is None)
         atomic_write_text(self.tables_dir / f"{name}.csv", df.to_csv(index=keep_index))
         shown = format_table(df, formats)
-        markdown = shown.to_markdown(index=keep_index)
+        # The cells as formatted, not parsed back into numbers (0.500 stays 0.500).
+        markdown = shown.to_markdown(index=keep_index, disable_numparse=True)
         if caption:
             markdown = f"**{caption}**\n\n{markdown}"
         atomic_write_text(self.tables_dir / f"{name}.md", markdown + "\n")

@@ -227,6 +227,9 @@ def test_measured_cost_is_relative_to_the_reference(monkeypatch):
     small = table.loc["small"]
     assert (small["train_time_ratio"], small["train_ratio_range"]) == (0.5, "0.25-0.75")
     assert (small["inference_time_ratio"], small["inference_ratio_range"]) == (0.5, "0.25-0.50")
+    # The same spread as numbers, for a table that formats them itself.
+    assert (small["train_ratio_low"], small["train_ratio_high"]) == (0.25, 0.75)
+    assert (small["inference_ratio_low"], small["inference_ratio_high"]) == (0.25, 0.5)
     # Images per second: 4 images x 2 steps over the median seconds; inference takes 8 a step.
     assert table["train_img_per_s"].tolist() == [4 * 2 / 2.0, 4 * 2 / 1.0]
     assert table["inference_img_per_s"].tolist() == [8 * 2 / 1.0, 8 * 2 / 0.5]

@@ -40,6 +40,9 @@ def test_table_round_trips(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tables" / "accuracy.csv"), df)
     md = (tmp_path / "tables" / "accuracy.md").read_text()
     assert md.startswith("**Test accuracy**") and "| single" in md and "0.894" in md
+    rep.table(pd.DataFrame({"p": [0.5], "n": [131208]}), "formatted")
+    md = (tmp_path / "tables" / "formatted.md").read_text()
+    assert "0.500" in md and "131,208" in md  # as the reader sees them, not re-parsed
     indexed = df.set_index("model")
     rep.table(indexed, "indexed")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tables" / "indexed.csv",

@@ -106,13 +106,17 @@ def test_a_corrupt_artifact_is_named_by_its_path(tmp_path: Path) -> None:
 
 SLOW = """
 import sys, time
+from pathlib import Path
 sys.path.insert(0, {tests!r})
 import numpy as np
 from fernb.store import Job, execute
 
 def slow(job, entry, store):
     print("started", flush=True)
-    time.sleep(3)
+    go = Path({go!r})
+    deadline = time.monotonic() + 120
+    while not go.exists() and time.monotonic() < deadline:  # until the test says go
+        time.sleep(0.05)
     entry.save_arrays("out", value=np.array([1.0]))
 
 print(execute(Job("demo.slow", {{}}, slow), {root!r}), flush=True)
@@ -120,16 +124,23 @@ print(execute(Job("demo.slow", {{}}, slow), {root!r}), flush=True)
 
 
 def test_two_processes_on_one_job_take_turns_and_train_it_once(tmp_path: Path) -> None:
-    script = SLOW.format(tests=str(Path(__file__).parent), root=str(tmp_path))
+    # The first process holds the job until the second has said it waits, whatever the
+    # machine's speed.
+    go = tmp_path / "go"
+    script = SLOW.format(tests=str(Path(__file__).parent), root=str(tmp_path / "store"),
+                         go=str(go))
     first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert first.stdout.readline().strip() == "started"
-    second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
+    second = subprocess.Popen([sys.executable, "-u", "-c", script], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        waiting = second.stdout.readline().strip()
+    finally:
+        go.touch()
+    assert waiting.startswith("Waiting: another process is running demo.slow")
     assert first.stdout.read().strip().endswith("True")
-    first.wait()
-    lines = second.stdout.strip().splitlines()
-    assert lines[0].startswith("Waiting: another process is running demo.slow")
-    assert lines[-1] == "False"  # it found the result stored and did not train
+    assert second.stdout.read().strip().splitlines()[-1] == "False"  # found it stored
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
 
 
 def test_clean_removes_entries_unused_for_a_while(tmp_path: Path) -> None:
