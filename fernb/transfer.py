@@ -703,17 +703,18 @@ def relative_change(start: StateLike, end: StateLike) -> float:
 
 
 def finetune_travel(network: PartNetwork, train: FaceDataset, lrs: Sequence[float], *,
-                    config: TransferConfig = TransferConfig(),
+                    val: FaceDataset | None = None, config: TransferConfig = TransferConfig(),
                     augment: AugmentFactory | None = None, seed: int = 0,
                     runtime: Runtime = Runtime()) -> pd.Series:
     """How far stage 3 moves ``network``'s extractor at each rate of ``lrs``: a copy is
     fine-tuned for all of ``config.finetune_epochs`` (no early stopping, the last epoch
-    kept: the farthest the budget goes) after its stage-2 head, and :func:`relative_change`
-    measured from where fine-tuning starts. Returns the travel by rate (ascending)."""
+    kept: the farthest the budget goes) after its stage-2 head (trained as
+    :func:`train_head` does, ``val`` stopping it), and :func:`relative_change` measured from
+    where fine-tuning starts. Returns the travel by rate (ascending)."""
     if not lrs or any(lr <= 0 for lr in lrs):
         raise ValueError(f"lrs must be positive rates, got {list(lrs)}")
     start = copy.deepcopy(network)
-    train_head(start, train, None, config=config, seed=seed, runtime=runtime)
+    train_head(start, train, val, config=config, augment=augment, seed=seed, runtime=runtime)
     travel = {}
     for lr in sorted(set(lrs)):
         probe = copy.deepcopy(start)

@@ -452,7 +452,7 @@ def test_fine_tuning_travels_farther_at_higher_rates_and_leaves_the_network_alon
     network = tiny("full")
     before = {k: v.clone() for k, v in network.state_dict().items()}
     travel = transfer.finetune_travel(network, faces(), [1e-2, 1e-4, 1e-3],
-                                      config=TINY, runtime=CPU)
+                                      val=faces(4, seed=2), config=TINY, runtime=CPU)
     assert travel.index.tolist() == [1e-4, 1e-3, 1e-2]
     assert travel.is_monotonic_increasing and travel.iloc[0] > 0
     assert same(before, network.state_dict())
