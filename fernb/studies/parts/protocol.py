@@ -41,7 +41,7 @@ import pandas as pd
 from fernb.data.datasets import DataSpec, FaceDataset
 from fernb.data.splits import esr_subject_folds, esr_trials, standard_split
 from fernb.data.transforms import detect_landmarks, to_gray
-from fernb.device import resolve_device, resolve_precision
+from fernb.device import computed_precision
 from fernb.evaluate import predict
 from fernb.models.parts import ENSEMBLE_PARTS, PartNetwork
 from fernb.seeding import derive_seed, seeded
@@ -162,8 +162,10 @@ def _config(values: Mapping[str, Any], **changes: Any) -> TransferConfig:
     return TransferConfig(**{k: v for k, v in values.items() if k in known}, **changes)
 
 
-def _runtime(spec: Mapping[str, Any]) -> Runtime:
-    return Runtime(device=spec["runtime"]["device"], precision=spec["runtime"]["precision"])
+def _runtime(job: Job) -> Runtime:
+    """Where a job computes (its ``runtime``, not part of its key) and in which precision (in
+    its spec: a stored result depends on it)."""
+    return Runtime(device=job.runtime.get("device", "auto"), precision=job.spec["precision"])
 
 
 def _augment(spec: Mapping[str, Any]) -> Any:
@@ -183,7 +185,7 @@ def run_landmarks(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     history = pretrain_landmarks(network, spec["landmarks"].load(), spec["val"].load(),
                                  config=_config(spec["config"]), checkpoint=entry.checkpoint,
                                  augment=_augment(spec), seed=spec["seed"],
-                                 runtime=_runtime(spec))
+                                 runtime=_runtime(job))
     entry.save_state("stage1", network.state_dict())
     entry.save_frame("history", history.to_frame().reset_index())
     return {"epochs": len(history), "best_epoch": history.best_epoch,
@@ -205,25 +207,25 @@ def run_rate(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     network.load_state_dict(stage1.state("stage1"))
     travel = finetune_travel(network, spec["train"].load(), lrs, val=spec["val"].load(),
                              config=_config(spec["config"]), augment=_augment(spec),
-                             seed=spec["seed"], runtime=_runtime(spec))
+                             seed=spec["seed"], runtime=_runtime(job))
     entry.save_frame("travel", travel.reset_index())
     return {"rate": choose_rate(travel, target), "target": target,
             "stage1_travel": stage1_travel}
 
 
-def _logits(network: PartNetwork, subset: Subset | None, spec: Mapping[str, Any]
-            ) -> np.ndarray | None:
+def _logits(network: PartNetwork, subset: Subset | None, job: Job) -> np.ndarray | None:
     if subset is None:
         return None
-    runtime = _runtime(spec)
+    runtime = _runtime(job)
     return predict(network, inputs(subset.load()), device=runtime.device,
                    precision=runtime.precision).numpy()  # (N, 1, C)
 
 
-def _save_outputs(entry: Entry, network: PartNetwork, spec: Mapping[str, Any]) -> None:
-    entry.save_arrays("test", logits=_logits(network, spec["test"], spec))
+def _save_outputs(entry: Entry, network: PartNetwork, job: Job) -> None:
+    spec = job.spec
+    entry.save_arrays("test", logits=_logits(network, spec["test"], job))
     if spec.get("cross") is not None:
-        entry.save_arrays("cross", logits=_logits(network, spec["cross"], spec))
+        entry.save_arrays("cross", logits=_logits(network, spec["cross"], job))
     entry.save_state("final", network.state_dict())
 
 
@@ -241,15 +243,15 @@ def run_expressions(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     config = _config(spec["config"], finetune_lr=rate)
     train, val = spec["train"].load(), spec["val"].load()
     common = dict(config=config, augment=_augment(spec), seed=spec["seed"],
-                  runtime=_runtime(spec))
+                  runtime=_runtime(job))
     head = train_head(network, train, val, checkpoint=entry.checkpoint / "head", **common)
-    entry.save_arrays("head", logits=_logits(network, spec["test"], spec))
+    entry.save_arrays("head", logits=_logits(network, spec["test"], job))
     stage2 = copy.deepcopy(network)
     errors = {}
     if stage1:
         errors = {f"before_{p}": e for p, e in image_errors(stage2, val).items()}
     tuned = finetune(network, train, val, checkpoint=entry.checkpoint / "finetune", **common)
-    _save_outputs(entry, network, spec)
+    _save_outputs(entry, network, job)
     if stage1:
         errors |= {f"after_{p}": e for p, e in image_errors(network, val).items()}
         entry.save_arrays("errors", **errors)
@@ -267,8 +269,8 @@ def run_direct(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     start = copy.deepcopy(network.state_dict())
     history = train_direct(network, spec["train"].load(), spec["val"].load(),
                            config=_config(spec["config"]), augment=_augment(spec),
-                           seed=spec["seed"], runtime=_runtime(spec))
-    _save_outputs(entry, network, spec)
+                           seed=spec["seed"], runtime=_runtime(job))
+    _save_outputs(entry, network, job)
     entry.save_frame("history", history.to_frame().reset_index())
     return {"epochs": len(history), "best_epoch": history.best_epoch,
             "travel": relative_change(start, network)}
@@ -319,12 +321,6 @@ class Plan:
         return [self.rate, *(n.job for n in self.networks)]
 
 
-def _runtime_spec(settings: Settings) -> dict[str, str]:
-    device = resolve_device(settings.device)
-    return {"device": device.type,
-            "precision": resolve_precision(settings.precision, device).name}
-
-
 def lab_trials(data: FaceDataset, n_folds: int) -> list[Any]:
     """The lab protocol's trials: subject i (in id order) in fold ``i % n_folds``; trial t
     tests fold t, validates on fold t + 1 and trains on the others."""
@@ -361,7 +357,7 @@ def plan(settings: Settings) -> Plan:
         raise ValueError(f"the wild classes {wild.classes} must be the first classes of the "
                          f"lab set {lab.classes} (fernb's canonical order)")
     base = {"image_size": settings.image_size, "augment": settings.augment,
-            "runtime": _runtime_spec(settings)}
+            "precision": computed_precision(settings.precision, settings.device)}
     lab_splits = dict(enumerate(lab_trials(lab, settings.n_folds)))
     wild_split = standard_split(wild.labels, wild.subjects, wild.split, seed=settings.seed)
     cross = Subset(sets["lab"], np.flatnonzero(lab.labels < wild.n_classes))
@@ -384,7 +380,7 @@ def plan(settings: Settings) -> Plan:
         "lrs": tuple(settings.finetune_lrs), "share": settings.finetune_share,
         "config": stage_settings(transfer_config(settings, "lab"), EXPRESSIONS),
         "seed": calibrated.spec["net"].train_seed}, run_rate, needs=(calibrated,),
-        label="fine-tuning rate")
+        label="fine-tuning rate", runtime={"device": settings.device})
 
     def default(where: str, name: str, split: Any, protocol: str, init: int,
                 cross_set: Subset | None) -> None:
@@ -449,7 +445,7 @@ def _landmarks_job(settings: Settings, base: Mapping[str, Any], landmarks: Subse
     stage1 = stage_settings(config, STAGE1) | {"landmark_epochs": epochs}
     return Job("parts.landmarks", {**base, "landmarks": landmarks, "val": val, "net": net,
                                    "config": stage1, "seed": net.train_seed},
-               run_landmarks, label=label)
+               run_landmarks, label=label, runtime={"device": settings.device})
 
 
 def _network(settings: Settings, base: Mapping[str, Any], regime: str, where: str, seed: int,
@@ -462,7 +458,7 @@ def _network(settings: Settings, base: Mapping[str, Any], regime: str, where: st
     if kind == "baseline":
         job = Job("parts.direct", {**base, **data, "net": net, "seed": train_seed,
                                    "config": stage_settings(config, DIRECT)},
-                  run_direct, label=label)
+                  run_direct, label=label, runtime={"device": settings.device})
         return Network(regime, where, seed, kind, k, part, job)
     stage1 = None
     if kind != "control":
@@ -471,5 +467,6 @@ def _network(settings: Settings, base: Mapping[str, Any], regime: str, where: st
     needs = (stage1, rate) if stage1 is not None else (rate,)
     job = Job("parts.expressions", {**base, **data, "net": net, "seed": train_seed,
                                     "config": stage_settings(config, EXPRESSIONS)},
-              run_expressions, needs=needs, label=label)
+              run_expressions, needs=needs, label=label,
+              runtime={"device": settings.device})
     return Network(regime, where, seed, kind, k, part, job, stage1)
