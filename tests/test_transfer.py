@@ -356,6 +356,45 @@ def test_stage_two_caches_the_features_of_augmented_copies(monkeypatch):
     torch.testing.assert_close(network.standardize.mean, features.mean(0))
 
 
+def test_cached_features_without_copies_are_the_faces_features_in_eval_mode():
+    # No augmentation (or no copies): the (N, F) features of the faces themselves, with the
+    # BatchNorm running statistics (eval mode), whatever the batch size; the network's mode
+    # is restored and its statistics are left alone.
+    network = tiny("eyes")
+    network.train()
+    x = torch.randn(10, 3, SIZE, SIZE)
+    y = torch.arange(10) % 7
+    before = state(network, "")
+    with torch.no_grad():
+        network.eval()
+        expected = network.forward_features(x)
+        network.train()
+    for augment, copies in ((None, 3), (lambda x, y: (x.flip(-1), y), 0)):
+        features, labels = transfer.cached_features(network, x, y, augment, copies=copies,
+                                                    batch_size=3)
+        torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(labels, y)
+    assert network.training and same(state(network, ""), before)
+
+
+def test_cached_copies_follow_their_seed_and_leave_the_global_generator_alone():
+    network = tiny("nose")
+    x = torch.randn(9, 3, SIZE, SIZE)
+    y = torch.arange(9) % 7
+    noisy = lambda x, y: (x + torch.randn_like(x), y)  # noqa: E731
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=1, batch_size=4)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's draws are unchanged
+    b, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=1, batch_size=4)
+    c, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=2, batch_size=4)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a[9:], c[9:])  # another seed, other copies
+    torch.testing.assert_close(a[:9], c[:9])  # the faces' own features do not depend on it
+    assert not torch.allclose(a[9:18], a[18:])  # each copy is drawn anew
+
+
 def test_fine_tuning_keeps_or_updates_the_batchnorm_statistics():
     def running(net):
         return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
