@@ -185,10 +185,38 @@ def test_a_changed_parameter_retrains_only_what_it_touches(plan):
     longer = study.plan(settings(curve=[1, 2, 3]))
     for kind in ("parts.landmarks", "parts.direct", "parts.expressions", "parts.rate"):
         assert keys(plan, kind) <= keys(longer, kind)
+    raw = study.plan(settings(standardize=False))  # stages 2-3 and the rate measured on them
+    for kind in ("parts.landmarks", "parts.direct"):
+        assert keys(raw, kind) == keys(plan, kind)
+    for kind in ("parts.rate", "parts.expressions"):
+        assert not keys(raw, kind) & keys(plan, kind)
     baseline = study.plan(settings(direct_epochs=2))  # the lab's and the curve's Baselines
     changed = {n.job.key for n in plan.networks} - {n.job.key for n in baseline.networks}
     assert changed == {n.job.key for n in plan.networks
                        if n.kind == "baseline" and n.where != "wild"}
+
+
+def test_the_device_is_where_a_job_runs_not_part_of_its_key(plan):
+    auto = study.plan(settings(device="auto"))
+    assert [j.key for j in auto.jobs] == [j.key for j in plan.jobs]
+    assert {j.runtime["device"] for j in auto.jobs} == {"auto"}
+    assert all("precision" in j.spec and "runtime" not in j.spec for j in plan.jobs)
+
+
+def test_stages_two_and_three_without_the_standardisation(plan, store, results):
+    """The paper's network for stages 2-3 (``standardize=False``) reuses stage 1's stored
+    weights (their identity standardisation left out) and keeps no standardisation."""
+    raw = study.plan(settings(standardize=False, curve=[1]))
+    net = next(n for n in raw.networks if n.regime == "default" and n.kind == "ftl")
+    outcome = store.run([net.job])
+    assert outcome.trained == [raw.rate.name, net.job.name]  # stage 1 reused
+    view = study.Results(raw, {net.job.key: store.get(net.job),
+                               net.stage1.key: store.get(net.stage1)}, {})
+    model = analysis.network(view, net)
+    assert isinstance(model.standardize, torch.nn.Identity)
+    stage1 = analysis.network(view, net, "stage1")
+    for key, value in stage1.landmark_head.state_dict().items():  # stage 1's, kept
+        torch.testing.assert_close(model.landmark_head.state_dict()[key], value)
 
 
 # ------------------------------------------------------------------- the trained study

@@ -34,7 +34,8 @@ RIGID_POINTS = (0, 1, 15, 16, 27, 28)
 def network(results: Results, net: Network, state: str = "final") -> PartNetwork:
     """One stored network, after stage 1 (``state="stage1"``) or trained (``"final"``), in
     eval mode on the study's device."""
-    model = net.job.spec["net"].build()
+    standardize = state == "stage1" or net.job.spec.get("standardize", True)
+    model = net.job.spec["net"].build(standardize=standardize)
     entry = results.stage1(net) if state == "stage1" else results.entry(net)
     model.load_state_dict(entry.state(state))
     return model.to(resolve_device(results.settings.device)).eval()

@@ -43,7 +43,7 @@ from fernb.data.splits import esr_subject_folds, esr_trials, standard_split
 from fernb.data.transforms import detect_landmarks, to_gray
 from fernb.device import computed_precision
 from fernb.evaluate import predict
-from fernb.models.parts import ENSEMBLE_PARTS, PartNetwork
+from fernb.models.parts import ENSEMBLE_PARTS, PartNetwork, Standardize
 from fernb.seeding import derive_seed, seeded
 from fernb.store import Entry, Job, Store
 from fernb.studies.parts.settings import Settings, pool_val_subjects
@@ -118,10 +118,12 @@ class Net:
         """The seed of its training's shuffling and augmentation."""
         return derive_seed(self.seed, "train", self.member) % 2**31
 
-    def build(self) -> PartNetwork:
+    def build(self, standardize: bool = True) -> PartNetwork:
+        """The network; ``standardize`` adds the fixed feature standardisation of stage 2
+        (no parameters: it draws nothing, so the initial weights do not depend on it)."""
         with seeded(self.seed, self.member):
             return PartNetwork(part=self.part, n_classes=self.n_classes, width=self.width,
-                               standardize=True)
+                               standardize=standardize)
 
 
 # --------------------------------------------------------------------- stage settings
@@ -192,6 +194,15 @@ def run_landmarks(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
             "travel": relative_change(start, network)}
 
 
+def _load_stage1(network: PartNetwork, stage1: Entry) -> None:
+    """Stage 1's weights into ``network``; a network without the feature standardisation
+    leaves out stage 1's (still the identity: only stage 2 sets it)."""
+    weights = stage1.state("stage1")
+    if not isinstance(network.standardize, Standardize):
+        weights = {k: v for k, v in weights.items() if not k.startswith("standardize.")}
+    network.load_state_dict(weights)
+
+
 def run_rate(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     """The fine-tuning rate: with one rate in ``lrs``, that rate; else the rate at which
     fine-tuning moves the stage-1 network ``share`` as far as stage 1 moved it."""
@@ -203,8 +214,8 @@ def run_rate(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     if len(lrs) == 1:
         entry.save_frame("travel", pd.DataFrame({"lr": [float(lrs[0])], "travel": [np.nan]}))
         return {"rate": float(lrs[0]), "target": target, "stage1_travel": stage1_travel}
-    network = spec["net"].build()
-    network.load_state_dict(stage1.state("stage1"))
+    network = spec["net"].build(standardize=spec["standardize"])
+    _load_stage1(network, stage1)
     travel = finetune_travel(network, spec["train"].load(), lrs, val=spec["val"].load(),
                              config=_config(spec["config"]), augment=_augment(spec),
                              seed=spec["seed"], runtime=_runtime(job))
@@ -236,9 +247,9 @@ def run_expressions(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     validation image's landmark error before and after fine-tuning (Sec. V-B)."""
     spec = job.spec
     *stage1, rate_job = job.needs
-    network = spec["net"].build()
+    network = spec["net"].build(standardize=spec["standardize"])
     if stage1:
-        network.load_state_dict(store.get(stage1[0]).state("stage1"))
+        _load_stage1(network, store.get(stage1[0]))
     rate = float(store.get(rate_job).record["summary"]["rate"])
     config = _config(spec["config"], finetune_lr=rate)
     train, val = spec["train"].load(), spec["val"].load()
@@ -378,6 +389,7 @@ def plan(settings: Settings) -> Plan:
         **base, "train": subset("lab", first_split.train),
         "val": subset("lab", first_split.val), "net": calibrated.spec["net"],
         "lrs": tuple(settings.finetune_lrs), "share": settings.finetune_share,
+        "standardize": settings.standardize,
         "config": stage_settings(transfer_config(settings, "lab"), EXPRESSIONS),
         "seed": calibrated.spec["net"].train_seed}, run_rate, needs=(calibrated,),
         label="fine-tuning rate", runtime={"device": settings.device})
@@ -466,7 +478,8 @@ def _network(settings: Settings, base: Mapping[str, Any], regime: str, where: st
                                 landmark_epochs, f"{label}, stage 1")
     needs = (stage1, rate) if stage1 is not None else (rate,)
     job = Job("parts.expressions", {**base, **data, "net": net, "seed": train_seed,
-                                    "config": stage_settings(config, EXPRESSIONS)},
+                                    "config": stage_settings(config, EXPRESSIONS),
+                                    "standardize": settings.standardize},
               run_expressions, needs=needs, label=label,
               runtime={"device": settings.device})
     return Network(regime, where, seed, kind, k, part, job, stage1)

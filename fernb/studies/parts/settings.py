@@ -90,6 +90,8 @@ class Settings(ChapterSettings):
                                "early stopping of stage 2 (an epoch: every cached copy)")
     augment: str = param("paper", Choice(*AUGMENTS),
                          'flips, rotation, translation moving the landmarks; or "none"')
+    standardize: bool = param(True, _BOOL,
+                              "standardise stage 2's features (the paper: False)")
     head_augment: bool = param(False, _BOOL,
                                "augment stage 2 too (paper: True); False caches features")
     head_copies: int = param(4, Range(0, 100, integer=True),
