@@ -22,6 +22,7 @@ from fernb.report import paper_results, paper_vs_book
 from fernb.store import Store
 from fernb.studies import parts as study
 from fernb.studies.parts import analysis, protocol, tables
+from fernb.studies.parts.highlights import settings_sentences
 from fernb.verdicts import UNTESTABLE, VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,6 +218,11 @@ def test_stages_two_and_three_without_the_standardisation(plan, store, results):
     stage1 = analysis.network(view, net, "stage1")
     for key, value in stage1.landmark_head.state_dict().items():  # stage 1's, kept
         torch.testing.assert_close(model.landmark_head.state_dict()[key], value)
+    assert settings_sentences(view)["default_settings"].endswith(
+        "stage 2's features as the extractor gives them (the paper's network, no "
+        "standardisation)")
+    assert settings_sentences(results)["default_settings"].endswith(
+        "stage 2's features standardised")
 
 
 # ------------------------------------------------------------------- the trained study

@@ -55,7 +55,9 @@ def settings_sentences(results: Results) -> dict[str, str]:
         f"(in the wild {s.wild_direct_epochs}, {s.wild_landmark_epochs}, {s.head_epochs} and "
         f"{s.wild_finetune_epochs}), each epoch about {s.epoch_images} images and every "
         f"stage stopped {s.patience} epochs after its best validation loss "
-        f"({s.head_patience} for the head)")
+        f"({s.head_patience} for the head); stage 2's features "
+        + ("standardised" if s.standardize else "as the extractor gives them (the paper's "
+                                                 "network, no standardisation)"))
     candidates = s.n_subjects - held_out_subjects(s.n_subjects, s.n_folds)
     test = plan.mechanism_split["test"]
     pool_ids = np.unique(pool.subjects)
