@@ -3,17 +3,23 @@
 Wadhawan and Gandhi, IEEE TAI 2023, Sec. III-D. Every FTL and EL network
 (:class:`fernb.models.parts.PartNetwork`) is trained in three stages with :func:`fernb.train.fit`:
 
-1. FLL pre-training: extractor and landmark head regress the part's normalised landmark
-   coordinates with the L1 loss of eq. 1 (:func:`fernb.losses.member_l1`), lr 1e-2;
-2. expression head: the extractor is frozen (BatchNorm statistics included) and the
-   expression head is trained with cross-entropy (eq. 2), lr 1e-2, "for a few epochs";
-3. fine-tuning: everything but the landmark head is trained at lr 1e-4.
+1. FLL pre-training (:func:`pretrain_landmarks`): extractor and landmark head regress the
+   part's normalised landmark coordinates with the L1 loss of eq. 1
+   (:func:`fernb.losses.member_l1`), lr 1e-2;
+2. expression head (:func:`train_head`): the extractor is frozen (BatchNorm statistics
+   included) and the expression head is trained with cross-entropy (eq. 2), lr 1e-2, "for a
+   few epochs";
+3. fine-tuning (:func:`finetune`): everything but the landmark head is trained at lr 1e-4.
 
-The Baseline network is trained directly on expressions at lr 1e-2 (:func:`train_direct`).
-All stages use Adam (beta1 0.9, beta2 0.999, eps 1e-7), mini-batches of 32 and keep the weights
-of the epoch with the lowest validation loss. Sec. V-B compares the landmark error of the
-localisation head, kept fixed, before and after fine-tuning (:func:`landmark_errors`;
-:attr:`TransferResult.error_before` / ``error_after``).
+:func:`train_transfer` runs the three in order; its landmark set may be another set of faces
+than the expression set (``landmarks=``: many faces with landmarks, few with expression
+labels). :func:`train_expressions` runs stages 2 and 3 alone, on a pre-trained network or,
+as a control, on one with random weights. The Baseline network is trained directly on
+expressions at lr 1e-2 (:func:`train_direct`). All stages use Adam (beta1 0.9, beta2 0.999,
+eps 1e-7), mini-batches of 32 and keep the weights of the epoch with the lowest validation
+loss. Sec. V-B compares the landmark error of the localisation head, kept fixed, before and
+after fine-tuning (:func:`landmark_errors`; :attr:`TransferResult.error_before` /
+``error_after``).
 
 Inputs follow Sec. III-A/B and the authors' notebook: CLAHE (:func:`equalized`), grayscale
 repeated to three channels and scaled to [-1, 1] (:func:`inputs`); landmark targets are
@@ -22,7 +28,7 @@ Augmentation (:func:`paper_augmentation`: flip, rotation, translation) moves the
 targets with the image, as the paper says; the authors' notebook instead re-ran the dlib
 landmark detector on every augmented image.
 
-Choices where the paper is silent (all fields of :class:`TransferConfig`):
+Choices where the paper is silent (fields of :class:`TransferConfig` unless said):
 
 - Epochs: the paper gives approximate budgets per dataset (:data:`PAPER_EPOCHS`), one for the
   head and fine-tuning stages together; ``head_epochs=10`` ("a few epochs") and the rest of
@@ -30,20 +36,32 @@ Choices where the paper is silent (all fields of :class:`TransferConfig`):
   class-balanced, augmented images; here an epoch is one pass over the training set.
 - "Stop training when the validation loss saturates": early stopping with ``patience=20``
   epochs; the weights of the best epoch are kept (as the authors' ModelCheckpoint does).
+  Stage 2 has its own ``head_patience``: on cached features its epochs cost almost nothing,
+  so it can run to convergence.
 - The landmark head is frozen in stages 2 and 3 (the paper replaces it and puts it back for
   Sec. V-B), so it is exactly the stage-1 head when the error is measured again.
 - Stage 2 without augmentation (no ``augment`` factory, or ``head_augment=False``) trains the
   head on the frozen extractor's features of the images, computed once: the extractor and its
   BatchNorm statistics are fixed, so this is the same computation as running the extractor
-  at every step, only cheaper, and many head epochs cost little.
-- During fine-tuning BatchNorm statistics update. The authors' Keras code calls the extractor
-  with ``training=False`` when it builds the expression model, which in Keras would keep them
-  fixed even after unfreezing; the paper does not say.
+  at every step, only cheaper; with ``head_copies`` the features of that many augmented
+  copies of the images are computed once as well (:func:`cached_features`). A network built
+  with ``standardize=True`` has its feature standardisation set from these training
+  features first (:class:`fernb.models.parts.Standardize`).
+- During fine-tuning the BatchNorm statistics stay those of stage 1
+  (``finetune_statistics="fixed"``): the authors' Keras code calls the extractor with
+  ``training=False`` when it builds the expression model, which keeps them fixed even after
+  unfreezing; ``"update"`` lets PyTorch update them as usual.
+- How far fine-tuning moves the weights depends on the rate and the number of steps (an Adam
+  step moves a weight by at most about the rate; with noisy gradients the distance grows
+  more like the rate times the square root of the steps). :func:`finetune_travel` measures
+  it at several rates and :func:`choose_rate` picks the rate whose travel is a chosen share
+  of stage 1's (:func:`relative_change` of the convolution kernels).
 """
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,12 +74,14 @@ from torch.utils.data import TensorDataset
 
 from fernb.complexity import eval_mode
 from fernb.data.datasets import FaceDataset
+from fernb.device import resolve_device
 from fernb.data.transforms import (LandmarkAugmentation, PairedAugmentation, WarpSets,
                                    apply_clahe)
 from fernb.landmarks import subset_flip_permutation
 from fernb.losses import member_l1
 from fernb.models.members import Members
-from fernb.models.parts import ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, normalise_landmarks
+from fernb.models.parts import (ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, Standardize,
+                                normalise_landmarks)
 from fernb.train import FitConfig, History, adam, fit, freeze
 
 Augment = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
@@ -71,6 +91,9 @@ AugmentFactory = Callable[..., Augment]
 # dataset -> (Baseline epochs, FLL pre-training epochs, head + fine-tuning epochs), Sec. III-D3.
 PAPER_EPOCHS: dict[str, tuple[int, int, int]] = {
     "ckplus": (400, 100, 300), "jaffe": (300, 100, 200), "sfew": (400, 200, 200)}
+
+
+STATISTICS = ("fixed", "update")
 
 
 @dataclass(frozen=True)
@@ -87,11 +110,21 @@ class TransferConfig:
         finetune_lr, finetune_epochs: stage 3 (1e-4; 300 - 10 epochs on CK+).
         direct_lr, direct_epochs: the Baseline's direct training (1e-2; 400 epochs on CK+).
         batch_size: mini-batch size (32).
-        patience: early stopping after this many epochs without a lower validation loss;
-            None trains every epoch.
+        patience: early stopping after this many epochs without a lower validation loss
+            (stages 1 and 3, direct training); None trains every epoch.
+        head_patience: the same for stage 2 (None: every epoch).
         betas, eps: Adam's (0.9, 0.999) and 1e-7 (Keras' default, as the paper states).
         head_augment: augment the images of stage 2 too (the paper augments all training
             data); False trains the head on features computed once (see the module notes).
+        head_copies: with ``head_augment=False``, the features are those of the training
+            images and of this many augmented copies of them, computed once, so that the
+            head of stage 2 sees the augmentation stages 1 and 3 see.
+        finetune_statistics: ``"fixed"`` keeps the BatchNorm statistics of stage 1 during
+            fine-tuning (the authors' Keras code), ``"update"`` lets them change.
+        epoch_images: an epoch shows the training set ``round(epoch_images / N)`` times (at
+            least once), so that an epoch is about this many images whatever the set's size
+            N: the authors' notebook makes an epoch 30 steps of 32 images (960); None: one
+            pass.
     """
 
     landmark_lr: float = 1e-2
@@ -104,9 +137,13 @@ class TransferConfig:
     direct_epochs: int = 400
     batch_size: int = 32
     patience: int | None = 20
+    head_patience: int | None = 20
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7
     head_augment: bool = True
+    head_copies: int = 0
+    finetune_statistics: str = "fixed"
+    epoch_images: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("landmark_lr", "head_lr", "finetune_lr", "direct_lr", "eps"):
@@ -116,8 +153,15 @@ class TransferConfig:
                      "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1 or None, got {self.patience}")
+        if self.head_copies < 0:
+            raise ValueError(f"head_copies must be at least 0, got {self.head_copies}")
+        for name in ("patience", "head_patience", "epoch_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if self.finetune_statistics not in STATISTICS:
+            raise ValueError(f"finetune_statistics must be one of {STATISTICS}, got "
+                             f"{self.finetune_statistics!r}")
 
     @classmethod
     def for_dataset(cls, name: str, **changes: Any) -> TransferConfig:
@@ -162,6 +206,17 @@ def landmark_targets(dataset: FaceDataset, part: str) -> torch.Tensor:
     dataset has none)."""
     return torch.from_numpy(normalise_landmarks(_require_landmarks(dataset),
                                                 dataset.image_size, part))
+
+
+def epoch_set(data: TensorDataset, epoch_images: int | None) -> TensorDataset:
+    """``data`` repeated ``round(epoch_images / len(data))`` times (at least once): one epoch
+    of about ``epoch_images`` images (None: ``data`` itself)."""
+    if epoch_images is None:
+        return data
+    repeats = max(1, round(epoch_images / len(data)))
+    if repeats == 1:
+        return data
+    return TensorDataset(*(t.repeat(repeats, *([1] * (t.ndim - 1))) for t in data.tensors))
 
 
 def _annotated(targets: torch.Tensor) -> torch.Tensor:
@@ -257,6 +312,28 @@ def predict_landmarks(network: PartNetwork, x: torch.Tensor, *, batch_size: int 
     return torch.cat(out)
 
 
+def image_errors(network: PartNetwork, dataset: FaceDataset, *, channels: int = 3,
+                 batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Each image's mean absolute landmark error (eq. 1) per part, in units of the image
+    side, as :func:`landmark_errors` averages them: ``{part: (N,)}`` over the images with
+    landmarks, one entry for a part network, every part and ``"full"`` for a 68-point one."""
+    if network.part is None:
+        raise ValueError("the Baseline network (part=None) has no landmark head")
+    targets = landmark_targets(dataset, network.part)
+    keep = _annotated(targets)
+    if not keep.any():
+        raise ValueError(f"no image of {dataset.name!r} has landmarks")
+    pred = predict_landmarks(network, inputs(dataset, channels=channels)[keep],
+                             batch_size=batch_size)
+    diff = (pred - targets[keep]).abs().view(len(pred), -1, 2)  # (N, K, 2)
+    if network.part != "full":
+        return {network.part: diff.mean((1, 2)).numpy()}
+    errors = {part: diff[:, list(LANDMARK_SETS[part])].mean((1, 2)).numpy()
+              for part in ENSEMBLE_PARTS}
+    errors["full"] = diff.mean((1, 2)).numpy()
+    return errors
+
+
 def landmark_errors(network: PartNetwork, dataset: FaceDataset, *, channels: int = 3,
                     batch_size: int = 256) -> dict[str, float]:
     """Mean absolute difference (eq. 1) between predicted and ground-truth landmarks, in units
@@ -317,6 +394,26 @@ def extract_features(network: PartNetwork, x: torch.Tensor, *, batch_size: int =
     return torch.cat(out)
 
 
+def cached_features(network: PartNetwork, x: torch.Tensor, y: torch.Tensor,
+                    augment: Augment | None = None, *, copies: int = 0, seed: int = 0,
+                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The extractor's (N, F) features of ``x`` and, with ``augment``, of ``copies``
+    augmented copies of ``x`` drawn under ``seed`` (stacked after them, ((1 + copies) N, F)),
+    with their labels; computed once, for a head trained on a frozen extractor."""
+    features, labels = [extract_features(network, x, batch_size=batch_size)], [y]
+    if augment is not None and copies:
+        device = next(network.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(copies):
+                moved = torch.cat([augment(x[i:i + batch_size].to(device),
+                                           y[i:i + batch_size].to(device))[0].cpu()
+                                   for i in range(0, len(x), batch_size)])
+                features.append(extract_features(network, moved, batch_size=batch_size))
+                labels.append(y)
+    return torch.cat(features), torch.cat(labels)
+
+
 def _folder(checkpoint: str | Path | None, name: str) -> Path | None:
     return Path(checkpoint) / name if checkpoint is not None else None
 
@@ -364,8 +461,159 @@ class TransferResult:
     landmark_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
+def _require_part_network(network: Any, what: str) -> None:
+    if not isinstance(network, PartNetwork) or network.part is None:
+        raise TypeError(f"{what} needs a PartNetwork with a landmark head (part set); train "
+                        f"the Baseline with train_direct")
+
+
+def pretrain_landmarks(network: PartNetwork, landmarks: FaceDataset,
+                       val: FaceDataset | None = None, *,
+                       config: TransferConfig = TransferConfig(),
+                       checkpoint: str | Path | None = None,
+                       augment: AugmentFactory | None = None, seed: int = 0,
+                       runtime: Runtime = Runtime()) -> History:
+    """Stage 1, FLL pre-training: extractor and landmark head regress the part's normalised
+    coordinates on ``landmarks`` (faces with (N, 68, 2) landmarks; their labels are not
+    used) with eq. 1's L1 loss at ``config.landmark_lr``; ``val`` (faces with landmarks)
+    drives early stopping and the kept epoch. ``augment(part=network.part)`` must move the
+    coordinates with the image (:func:`paper_augmentation`)."""
+    _require_part_network(network, "pretrain_landmarks")
+    channels = network.features.in_chans
+    train_set = landmark_dataset(landmarks, network.part, channels=channels)
+    val_set = (landmark_dataset(val, network.part, channels=channels)
+               if val is not None else None)
+    network.requires_grad_(True)
+    network.head.requires_grad_(False)
+    stage = _stage(config, runtime, config.landmark_lr, config.landmark_epochs,
+                   loss=member_l1, task="regression", augment=_build(augment, network.part),
+                   seed=seed, early_stopping=_early(config, val))
+    history = fit(_Landmarks(network), epoch_set(train_set, config.epoch_images), val_set,
+                  stage, checkpoint=checkpoint)
+    network.requires_grad_(True)
+    return history
+
+
+def _freeze_for_expressions(network: PartNetwork) -> None:
+    if network.landmark_head is not None:
+        freeze(network.landmark_head)
+
+
+def train_head(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None, *,
+               config: TransferConfig = TransferConfig(),
+               checkpoint: str | Path | None = None, augment: AugmentFactory | None = None,
+               seed: int = 0, runtime: Runtime = Runtime()) -> History:
+    """Stage 2, the expression head on the frozen extractor (BatchNorm statistics
+    included): cross-entropy at ``config.head_lr`` for up to ``config.head_epochs`` epochs,
+    early stopping after ``config.head_patience``. Without augmentation (``augment`` None
+    or ``config.head_augment`` False) the head trains on the features of the images computed
+    once. A network with a :class:`~fernb.models.parts.Standardize` has it set from the
+    training images' features first (and of ``config.head_copies`` augmented copies of
+    them, the features the head then trains on)."""
+    if not isinstance(network, PartNetwork):
+        raise TypeError(f"train_head needs a PartNetwork, got {type(network).__name__}")
+    channels = network.features.in_chans
+    x_train = inputs(train, channels=channels)
+    x_val = inputs(val, channels=channels) if val is not None else None
+    y_train = torch.from_numpy(train.labels)
+    y_val = torch.from_numpy(val.labels) if val is not None else None
+    network.requires_grad_(True)
+    _freeze_for_expressions(network)
+    network.freeze_features()
+    device = resolve_device(runtime.device)
+    network.to(device)
+    head_augment = _build(augment, None) if config.head_augment else None
+    copies = config.head_copies if head_augment is None else 0
+    train_features, y_cached = cached_features(
+        network, x_train, y_train, _build(augment, None) if copies else None, copies=copies,
+        seed=seed)
+    if isinstance(network.standardize, Standardize):
+        network.standardize.fit(train_features)
+    head_config = _stage(config, runtime, config.head_lr, config.head_epochs,
+                         augment=head_augment, seed=seed,
+                         early_stopping=config.head_patience if val is not None else None)
+    if head_augment is None:  # the frozen extractor's features, computed once
+        head_val = (TensorDataset(extract_features(network, x_val), y_val)
+                    if val is not None else None)
+        history = fit(_Head(network), epoch_set(TensorDataset(train_features, y_cached),
+                                                config.epoch_images), head_val,
+                      head_config, checkpoint=checkpoint)
+    else:
+        history = fit(network, epoch_set(TensorDataset(x_train, y_train), config.epoch_images),
+                      TensorDataset(x_val, y_val) if val is not None else None, head_config,
+                      checkpoint=checkpoint)
+    network.requires_grad_(True)
+    return history
+
+
+class _FixedStatistics(nn.Module):
+    """A network whose BatchNorm layers stay in eval mode (their running statistics fixed)
+    while their weights train, as Keras' ``training=False`` call does."""
+
+    def __init__(self, network: PartNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def train(self, mode: bool = True) -> _FixedStatistics:
+        super().train(mode)
+        for m in self.network.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)  # (B, 1, C)
+
+
+def finetune(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None, *,
+             config: TransferConfig = TransferConfig(), checkpoint: str | Path | None = None,
+             augment: AugmentFactory | None = None, seed: int = 0,
+             runtime: Runtime = Runtime()) -> History:
+    """Stage 3, fine-tuning: extractor and expression head trained together on expressions
+    at ``config.finetune_lr``; the landmark head stays as stage 1 left it and, with
+    ``config.finetune_statistics="fixed"``, so do the BatchNorm statistics."""
+    if not isinstance(network, PartNetwork):
+        raise TypeError(f"finetune needs a PartNetwork, got {type(network).__name__}")
+    channels = network.features.in_chans
+    network.requires_grad_(True)
+    _freeze_for_expressions(network)
+    network.unfreeze_features()
+    model = _FixedStatistics(network) if config.finetune_statistics == "fixed" else network
+    history = fit(model, epoch_set(expression_dataset(train, channels=channels),
+                                   config.epoch_images),
+                  expression_dataset(val, channels=channels) if val is not None else None,
+                  _stage(config, runtime, config.finetune_lr, config.finetune_epochs,
+                         augment=_build(augment, None), seed=seed,
+                         early_stopping=_early(config, val)), checkpoint=checkpoint)
+    network.requires_grad_(True)
+    return history
+
+
+def train_expressions(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None,
+                      *, config: TransferConfig = TransferConfig(),
+                      checkpoint: str | Path | None = None,
+                      augment: AugmentFactory | None = None, seed: int = 0,
+                      runtime: Runtime = Runtime()) -> tuple[History, History]:
+    """Stages 2 and 3 (:func:`train_head`, then :func:`finetune`) on ``network`` as it is:
+    after stage 1 for a transfer network, or with its initial random weights for the
+    control that separates what the landmarks taught from what the schedule does.
+    Checkpoints in ``checkpoint/head`` and ``checkpoint/finetune``."""
+    head = train_head(network, train, val, config=config, augment=augment, seed=seed,
+                      checkpoint=_folder(checkpoint, "head"), runtime=runtime)
+    tuned = finetune(network, train, val, config=config, augment=augment, seed=seed,
+                     checkpoint=_folder(checkpoint, "finetune"), runtime=runtime)
+    return head, tuned
+
+
+def _has_landmarks(dataset: FaceDataset | None) -> bool:
+    return dataset is not None and dataset.landmarks is not None and \
+        bool(np.isfinite(dataset.landmarks).all(axis=(1, 2)).any())
+
+
 def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None,
-                   *, config: TransferConfig = TransferConfig(),
+                   *, landmarks: FaceDataset | None = None,
+                   landmarks_val: FaceDataset | None = None,
+                   config: TransferConfig = TransferConfig(),
                    checkpoint: str | Path | None = None,
                    augment: AugmentFactory | None = None, seed: int = 0,
                    runtime: Runtime = Runtime()) -> TransferResult:
@@ -373,9 +621,12 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
 
     Args:
         network: a :class:`PartNetwork` with a landmark head (``part`` not None).
-        train, val: datasets with labels and (N, 68, 2) landmarks; ``val`` drives early
-            stopping, the choice of the best epoch and the Sec. V-B errors (``train`` when
-            None).
+        train, val: the expression set (labels; ``val`` drives early stopping and the kept
+            epoch of stages 2 and 3).
+        landmarks, landmarks_val: the landmark set of stage 1 and its validation faces
+            (faces with (N, 68, 2) landmarks, labels unused); by default ``train`` and
+            ``val``, as in the paper. A separate set lets many faces with landmarks teach
+            the extractor while few faces carry expression labels.
         checkpoint: stage ``s`` checkpoints in ``checkpoint/s`` (``landmarks``, ``head``,
             ``finetune``); rerunning resumes where it stopped.
         augment: ``augment(part=...)`` builds fit's ``augment(x, y)``: with the network's
@@ -385,55 +636,24 @@ def train_transfer(network: PartNetwork, train: FaceDataset, val: FaceDataset | 
             ``functools.partial(paper_augmentation, 160)``. None: no augmentation.
         seed: shuffling and augmentation seed of every stage.
         runtime: device, precision and progress bar of every stage.
+
+    The Sec. V-B errors are measured on ``val`` when it has landmarks, else on the landmark
+    validation faces (else the landmark set).
     """
-    if not isinstance(network, PartNetwork) or network.part is None:
-        raise TypeError("train_transfer needs a PartNetwork with a landmark head (part set); "
-                        "train the Baseline with train_direct")
-    channels = network.features.in_chans
-    x_train = inputs(train, channels=channels)
-    x_val = inputs(val, channels=channels) if val is not None else None
-    lm_train = landmark_dataset(train, network.part, channels=channels, x=x_train)
-    lm_val = (landmark_dataset(val, network.part, channels=channels, x=x_val)
-              if val is not None else None)
-    fer_train = expression_dataset(train, x=x_train)
-    fer_val = expression_dataset(val, x=x_val) if val is not None else None
-    reference = val if val is not None else train
-    common = dict(seed=seed, early_stopping=_early(config, val))
-
-    network.unfreeze_features()
-    network.head.requires_grad_(False)
-    network.landmark_head.requires_grad_(True)
-    view = _Landmarks(network)
-    landmarks = fit(view, lm_train, lm_val, _stage(
-        config, runtime, config.landmark_lr, config.landmark_epochs, loss=member_l1,
-        task="regression", augment=_build(augment, network.part), **common),
-        checkpoint=_folder(checkpoint, "landmarks"))
-    error_before = landmark_errors(network, reference, channels=channels)
+    _require_part_network(network, "train_transfer")
+    if landmarks is None:
+        landmarks, landmarks_val = train, val
+    reference = next((d for d in (val, landmarks_val) if _has_landmarks(d)), landmarks)
+    _require_landmarks(landmarks)
+    stage1 = pretrain_landmarks(network, landmarks, landmarks_val, config=config,
+                                checkpoint=_folder(checkpoint, "landmarks"), augment=augment,
+                                seed=seed, runtime=runtime)
+    error_before = landmark_errors(network, reference)
     landmark_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-
-    freeze(network.landmark_head)
-    network.freeze_features()
-    network.head.requires_grad_(True)
-    head_augment = _build(augment, None) if config.head_augment else None
-    head_config = _stage(config, runtime, config.head_lr, config.head_epochs,
-                         augment=head_augment, **common)
-    if head_augment is None:  # the frozen extractor's features, computed once
-        view = _Head(network)
-        head_train = TensorDataset(extract_features(network, x_train), fer_train.tensors[1])
-        head_val = (TensorDataset(extract_features(network, x_val), fer_val.tensors[1])
-                    if fer_val is not None else None)
-        head = fit(view, head_train, head_val, head_config, checkpoint=_folder(checkpoint, "head"))
-    else:
-        head = fit(network, fer_train, fer_val, head_config,
-                   checkpoint=_folder(checkpoint, "head"))
-
-    network.unfreeze_features()
-    finetune = fit(network, fer_train, fer_val, _stage(
-        config, runtime, config.finetune_lr, config.finetune_epochs,
-        augment=_build(augment, None), **common), checkpoint=_folder(checkpoint, "finetune"))
-    error_after = landmark_errors(network, reference, channels=channels)
-    network.requires_grad_(True)
-    return TransferResult(landmarks, head, finetune, error_before, error_after, landmark_state)
+    head, tuned = train_expressions(network, train, val, config=config, checkpoint=checkpoint,
+                                    augment=augment, seed=seed, runtime=runtime)
+    error_after = landmark_errors(network, reference)
+    return TransferResult(stage1, head, tuned, error_before, error_after, landmark_state)
 
 
 def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | None = None, *,
@@ -441,15 +661,16 @@ def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | No
                  checkpoint: str | Path | None = None, augment: AugmentFactory | None = None,
                  seed: int = 0, runtime: Runtime = Runtime()) -> History:
     """Direct expression training of a Baseline network (Sec. III-D1): Adam at
-    ``config.direct_lr`` for ``config.direct_epochs``; a landmark head, if any, is unused.
-    Arguments as :func:`train_transfer` (``augment`` is called with ``part=None``)."""
+    ``config.direct_lr`` for up to ``config.direct_epochs`` (early stopping after
+    ``config.patience``); a landmark head, if any, is unused. Arguments as
+    :func:`train_transfer` (``augment`` is called with ``part=None``)."""
     if not isinstance(network, PartNetwork):
         raise TypeError(f"train_direct needs a PartNetwork, got {type(network).__name__}")
     channels = network.features.in_chans
-    if network.landmark_head is not None:
-        freeze(network.landmark_head)
-    network.unfreeze_features()
-    history = fit(network, expression_dataset(train, channels=channels),
+    network.requires_grad_(True)
+    _freeze_for_expressions(network)
+    history = fit(network, epoch_set(expression_dataset(train, channels=channels),
+                                     config.epoch_images),
                   expression_dataset(val, channels=channels) if val is not None else None,
                   _stage(config, runtime, config.direct_lr, config.direct_epochs, seed=seed,
                          early_stopping=_early(config, val), augment=_build(augment, None)),
@@ -458,7 +679,68 @@ def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | No
     return history
 
 
+# ------------------------------------------------------------- how far fine-tuning moves
+
+StateLike = nn.Module | Mapping[str, torch.Tensor]
+
+
+def conv_kernels(network: StateLike, prefix: str = "") -> torch.Tensor:
+    """The extractor's convolution kernels (``features.*`` 4-d tensors) of a network or a
+    state dict (keys under ``prefix``), as one vector."""
+    state = network.state_dict() if isinstance(network, nn.Module) else network
+    kernels = [v.detach().float().flatten().cpu() for k, v in state.items()
+               if k.startswith(f"{prefix}features.") and v.ndim == 4]
+    if not kernels:
+        raise ValueError(f"no convolution kernels under {prefix!r}features.")
+    return torch.cat(kernels)
+
+
+def relative_change(start: StateLike, end: StateLike) -> float:
+    """How far training moved the extractor: ``||w1 - w0|| / ||w0||`` over every convolution
+    kernel (0.1: the kernels moved by a tenth of their size)."""
+    w0, w1 = conv_kernels(start), conv_kernels(end)
+    return float((w1 - w0).norm() / w0.norm())
+
+
+def finetune_travel(network: PartNetwork, train: FaceDataset, lrs: Sequence[float], *,
+                    val: FaceDataset | None = None, config: TransferConfig = TransferConfig(),
+                    augment: AugmentFactory | None = None, seed: int = 0,
+                    runtime: Runtime = Runtime()) -> pd.Series:
+    """How far stage 3 moves ``network``'s extractor at each rate of ``lrs``: a copy is
+    fine-tuned for all of ``config.finetune_epochs`` (no early stopping, the last epoch
+    kept: the farthest the budget goes) after its stage-2 head (trained as
+    :func:`train_head` does, ``val`` stopping it), and :func:`relative_change` measured from
+    where fine-tuning starts. Returns the travel by rate (ascending)."""
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise ValueError(f"lrs must be positive rates, got {list(lrs)}")
+    start = copy.deepcopy(network)
+    train_head(start, train, val, config=config, augment=augment, seed=seed, runtime=runtime)
+    travel = {}
+    for lr in sorted(set(lrs)):
+        probe = copy.deepcopy(start)
+        finetune(probe, train, None, config=replace(config, finetune_lr=lr), augment=augment,
+                 seed=seed, runtime=runtime)
+        travel[float(lr)] = relative_change(start, probe)
+    return pd.Series(travel, name="travel").rename_axis("lr")
+
+
+def choose_rate(travel: pd.Series, target: float) -> float:
+    """The rate at which fine-tuning's travel (:func:`finetune_travel`) reaches ``target``,
+    interpolated linearly in log rate and log travel between the measured rates; clipped to
+    the measured range (the smallest rate if even it moves farther, the largest if none
+    reaches the target)."""
+    if not target > 0:
+        raise ValueError(f"target must be positive, got {target}")
+    travel = travel.sort_index()
+    rates = np.log(travel.index.to_numpy(dtype=float))
+    moved = np.log(np.maximum(travel.to_numpy(dtype=float), 1e-12))
+    order = np.argsort(moved, kind="stable")
+    return float(np.exp(np.interp(np.log(target), moved[order], rates[order])))
+
+
 def train_members(model: Members, train: FaceDataset, val: FaceDataset | None = None, *,
+                  landmarks: FaceDataset | None = None,
+                  landmarks_val: FaceDataset | None = None,
                   config: TransferConfig = TransferConfig(),
                   checkpoint: str | Path | None = None,
                   augment: AugmentFactory | None = None, seed: int = 0,
@@ -467,7 +749,9 @@ def train_members(model: Members, train: FaceDataset, val: FaceDataset | None = 
     for networks with a landmark head, direct training otherwise.
 
     Member ``k`` (1-based) checkpoints in ``checkpoint/member_<k>_<part>`` and is trained
-    with seed ``seed + k - 1``. Returns one :class:`TransferResult` or History per member.
+    with seed ``seed + k - 1``; ``landmarks`` and ``landmarks_val`` are the transfer
+    networks' landmark set (:func:`train_transfer`). Returns one :class:`TransferResult` or
+    History per member.
     """
     if not isinstance(model, Members) or not all(isinstance(n, PartNetwork)
                                                  for n in model.networks):
@@ -476,9 +760,13 @@ def train_members(model: Members, train: FaceDataset, val: FaceDataset | None = 
     results: list[TransferResult | History] = []
     for k, network in enumerate(model.networks, start=1):
         where = _folder(checkpoint, f"member_{k}_{network.part or 'baseline'}")
-        train_one = train_direct if network.part is None else train_transfer
-        results.append(train_one(network, train, val, config=config, checkpoint=where,
-                                 augment=augment, seed=seed + k - 1, runtime=runtime))
+        common = dict(config=config, checkpoint=where, augment=augment, seed=seed + k - 1,
+                      runtime=runtime)
+        if network.part is None:
+            results.append(train_direct(network, train, val, **common))
+        else:
+            results.append(train_transfer(network, train, val, landmarks=landmarks,
+                                          landmarks_val=landmarks_val, **common))
     return results
 
 

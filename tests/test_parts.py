@@ -357,3 +357,42 @@ def test_landmark_conversion_errors():
         normalise_landmarks(np.zeros((5, 2)), (32, 32), "eyes")
     with pytest.raises(ValueError, match="2K"):
         pixel_landmarks(np.zeros((2, 5)), (32, 32))
+
+
+# ------------------------------------------------------------ the book's standardisation
+
+def test_standardize_by_hand():
+    from fernb.models.parts import Standardize
+    layer = Standardize(2)
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    torch.testing.assert_close(layer(x), x)  # the identity until fitted
+    layer.fit(x)
+    # feature 1: mean 2, population s.d. 1; feature 2 is constant: its scale is the floor.
+    assert layer.mean.tolist() == [2.0, 5.0] and layer.scale[0].item() == 1.0
+    assert layer.scale[1].item() == pytest.approx(1e-6)
+    torch.testing.assert_close(layer(x), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+    assert not list(layer.parameters()) and set(layer.state_dict()) == {"mean", "scale"}
+    with pytest.raises(ValueError, match="feature vectors"):
+        layer.fit(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="feature vectors"):
+        layer.fit(torch.zeros(4, 3))
+
+
+def test_a_standardised_network_keeps_the_papers_parameters_and_counts():
+    plain, book = PartNetwork(part="full"), PartNetwork(part="full", standardize=True)
+    assert isinstance(plain.standardize, nn.Identity)  # the paper's network
+    assert count_parameters(book) == count_parameters(plain)
+    assert count_keras_parameters(book) == count_keras_parameters(plain) + 2 * 128
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    book.eval()
+    features = book.forward_features(x)
+    book.standardize.fit(features)
+    scale = features.std(0, unbiased=False).clamp_min(1e-6)  # a dead feature: the floor
+    expected = book.head((features - features.mean(0)) / scale)
+    torch.testing.assert_close(book(x)[:, 0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(expression_network(book)(x), book(x))
+    # The landmark head reads the features as they are.
+    torch.testing.assert_close(book.forward_landmarks(x), book.landmark_head(features))
+    ensemble = part_ensemble("ftl", n_networks=2, width=0.125, standardize=True)
+    assert all(not isinstance(n.standardize, nn.Identity) for n in ensemble.networks)

@@ -1,10 +1,15 @@
-"""Chapter 3's study (Wadhawan & Gandhi 2023): parameters, stored and resumed runs, Tables I
-and III, the landmark probe, part regions, evidence scores, paper-vs-book keys and claims."""
+"""Chapter 3's study (Wadhawan & Gandhi 2023): its parameters; the plan of both regimes as
+stored jobs (what each key holds, what a changed parameter retrains, the landmark pool kept
+apart from the labelled subjects); a small study trained once (reused on a rerun, every
+compared model checked, verdicts from the shared machinery, labels that say what was
+measured, every sentence of the prose computed); and the analyses worked by hand."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,31 +17,21 @@ import torch
 
 from fernb import chapters
 from fernb.data.datasets import FaceDataset
-from fernb.labels import EMOTIONS_7, EMOTIONS_8
 from fernb.params import ParameterError
-from fernb.report import Claim, paper_results, paper_vs_book
+from fernb.report import paper_results, paper_vs_book
+from fernb.store import Store
 from fernb.studies import parts as study
+from fernb.studies.parts import analysis, protocol, tables
+from fernb.studies.parts.highlights import settings_sentences
+from fernb.verdicts import UNTESTABLE, VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "03_fll_to_fer.ipynb"
-SIZE = 16
-TINY = study.Config(width=0.125, n_networks=1, direct_epochs=1, landmark_epochs=1,
-                    head_epochs=1, finetune_epochs=1, wild_direct_epochs=1,
-                    wild_landmark_epochs=1, wild_finetune_epochs=1, batch_size=8,
-                    augment="none", head_augment=False, device="cpu")
-
-
-def toy(classes: tuple[str, ...], n_subjects: int, per_subject: int, seed: int) -> FaceDataset:
-    rng = np.random.default_rng(seed)
-    n = n_subjects * per_subject
-    labels = np.arange(n) % len(classes)
-    images = rng.integers(0, 80, (n, SIZE, SIZE), dtype=np.uint8)
-    for c in range(len(classes)):  # a learnable cue per class
-        images[labels == c, c % SIZE, :] = 250
-    points = rng.uniform(2, SIZE - 3, (n, 68, 2)).astype(np.float32)
-    return FaceDataset(images=images, labels=labels,
-                       subjects=np.repeat(np.arange(n_subjects), per_subject),
-                       classes=classes, name=f"toy{len(classes)}", landmarks=points)
+SMALL = dict(n_subjects=8, wild_subjects=6, width=0.125, n_folds=4, n_networks=1,
+             direct_epochs=1, landmark_epochs=1, head_epochs=2, finetune_epochs=1,
+             wild_direct_epochs=1, wild_landmark_epochs=1, wild_finetune_epochs=1,
+             gradcam_images=4, pool_subjects=3, pool_epochs=1, curve=[1, 2], epoch_images=32,
+             finetune_lrs=[0.001, 0.01], augment="none", device="cpu")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,20 +43,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def data() -> tuple[FaceDataset, FaceDataset]:
-    return toy(EMOTIONS_8, 4, 8, 0), toy(EMOTIONS_7, 6, 7, 1)
-
-
-def run(lab: FaceDataset, wild: FaceDataset, out: Path, config: study.Config = TINY,
-        trials=(0,)) -> study.StudyResults:
-    return study.run_study(lab, wild, study.lab_trials(lab, 4), study.wild_split(wild, 0),
-                           list(trials), config, out)
+def settings(**changes) -> study.Settings:
+    return study.Settings.from_values({**SMALL, **changes})
 
 
 @pytest.fixture(scope="module")
-def results(data, tmp_path_factory) -> study.StudyResults:
-    return run(*data, tmp_path_factory.mktemp("study"))
+def plan() -> protocol.Plan:
+    return study.plan(settings())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    return Store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def results(plan, store) -> study.Results:
+    return study.run(plan, store)
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -84,17 +82,19 @@ def test_the_defaults_and_the_profiles_pass():
     ("wild_dataset", "ckplus", "wild_dataset = 'ckplus'"),
     ("image_size", 32, "image_size = 32"),
     ("width", 0, "width = 0"),
-    ("clahe", "yes", "clahe = 'yes'"),
     ("n_networks", 0, "n_networks = 0"),
     ("landmark_epochs", 0, "landmark_epochs = 0"),
-    ("finetune_lr", -1e-4, "finetune_lr = -0.0001"),
+    ("finetune_lrs", [], "finetune_lrs = []"),
+    ("finetune_lrs", [-1e-4], "finetune_lrs = [-0.0001]"),
+    ("finetune_share", 0, "finetune_share = 0"),
+    ("epoch_images", 0, "epoch_images = 0"),
     ("augment", "heavy", "augment = 'heavy'"),
-    ("head_augment", "no", "head_augment = 'no'"),
-    ("gradcam_images", 0, "gradcam_images = 0"),
+    ("curve", [0, 2], "curve = [0, 2]"),
+    ("curve", [2, 40], "curve = [2, 40]: the learning curve draws its labelled subjects from "
+                       "the 24 synth-lab subjects"),
     ("trials", [0, 5], "trials = [0, 5]: a trial is a test fold"),
     ("n_subjects", 4, "n_subjects = 4 cannot fill n_folds = 5"),
     ("data_root", "/data/CK+", "data_root = '/data/CK+' is not used"),
-    ("wild_root", "/data/SFEW", "wild_root = '/data/SFEW' is not used"),
 ])
 def test_bad_values_are_named(name, value, message):
     with pytest.raises(ParameterError, match=re.escape(message)):
@@ -106,201 +106,301 @@ def test_a_real_dataset_needs_its_folder():
         study.Settings.check({**defaults(), "wild_dataset": "sfew"})
 
 
-# ---------------------------------------------------------------------- the stored study
+# -------------------------------------------------------------------------------- the plan
 
-def test_study_trains_every_run_and_stores_it(results):
-    table = results.table.set_index("key")
-    assert list(table.index) == ["lab-t0-baseline", "lab-t0-ftl", "lab-t0-el",
-                                 "wild-baseline", "wild-ftl", "wild-el"]
-    assert table["accuracy"].between(0, 1).all()
-    assert table.loc["lab-t0-el", "members"] == list(study.ENSEMBLE_PARTS)
-    assert results.logits["lab-t0-el"].shape[1:] == (5, 8)
-    assert results.logits["wild-ftl"].shape[1:] == (1, 7)
-    # Table III: the wild networks on every lab image of a class the wild set has.
-    logits, labels = results.cross["wild-el"]
-    assert logits.shape == (28, 5, 7) and labels.max() < 7
-    # Sec. V-B: one row per transfer network and part (FTL's 68-point network: 5 + full).
-    errors = results.errors
-    assert set(errors["kind"]) == {"ftl", "el"}
-    assert len(errors) == 2 * (6 + 5)
-    assert np.isfinite(errors[["before", "after", "after_stage1_bn"]].to_numpy()).all()
-    history = results.histories["lab-t0-ftl"]
-    assert set(history["stage"]) == {"landmarks", "head", "finetune"}
-    assert set(results.histories["wild-baseline"]["stage"]) == {"direct"}
+def kinds(plan, regime, where, seed=0):
+    return [(n.kind, n.member, n.part) for n in plan.networks
+            if n.regime == regime and n.where == where and n.seed == seed]
 
 
-def test_a_finished_study_loads_without_training(data, results, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-    monkeypatch.setattr(study, "train_members", refuse)
-    again = run(*data, results.out_dir)
-    pd.testing.assert_frame_equal(again.table, results.table)
-    pd.testing.assert_frame_equal(again.errors, results.errors)
+def test_the_plan_of_both_regimes(plan):
+    parts = list(study.analysis.ENSEMBLE_PARTS)
+    default = kinds(plan, "default", "lab-t0")
+    assert default == [("baseline", 0, None), ("ftl", 0, "full"),
+                       *[("el", k, p) for k, p in enumerate(parts)]]
+    assert kinds(plan, "default", "wild") == default
+    curve = kinds(plan, "mechanism", "2")
+    assert curve == [("baseline", 0, None), ("control", 0, "full"), ("ftl", 0, "full"),
+                     *[("el", k, p) for k, p in enumerate(parts)]]
+    for network in plan.networks:
+        needs = [n.kind for n in network.job.needs]
+        if network.kind == "baseline":
+            assert network.job.kind == "parts.direct" and not needs
+        elif network.kind == "control":  # the same schedule from random weights
+            assert network.stage1 is None and needs == ["parts.rate"]
+        else:
+            assert needs == ["parts.landmarks", "parts.rate"]
+    # The rate is measured on the first lab trial's first FTL network after stage 1.
+    first_ftl = next(n for n in plan.networks if n.where == "lab-t0" and n.kind == "ftl")
+    assert plan.rate.needs[0].key == first_ftl.stage1.key
 
 
-def test_an_incomplete_run_is_completed_from_its_checkpoints(data, results, tmp_path,
-                                                             monkeypatch):
-    import shutil
-    out = tmp_path / "copy"
-    shutil.copytree(results.out_dir, out)
-    (out / "wild-ftl" / "model.pt").unlink()  # interrupted before its networks were saved
-    calls = []
-    real = study.train_members
-    monkeypatch.setattr(study, "train_members",
-                        lambda *a, **k: calls.append(k["checkpoint"].parent.name)
-                        or real(*a, **k))
-    again = run(*data, out)
-    assert calls == ["wild-ftl"]
-    assert (out / "wild-ftl" / "model.pt").exists()
-    # The checkpoints held every finished stage: the same networks come back.
-    assert again.table.set_index("key").loc["wild-ftl", "accuracy"] == \
-        results.table.set_index("key").loc["wild-ftl", "accuracy"]
+def test_the_landmark_pool_is_other_faces_and_stage_one_is_shared_along_the_curve(plan):
+    pool, labelled = plan.pool.load(), plan.mechanism.load()
+    assert plan.pool.data.seed != plan.mechanism.data.seed
+    assert dict(plan.pool.data.knobs)["frames"] == "all"
+    assert len(pool) == len(np.unique(pool.subjects)) * 70  # every frame of 7 sequences
+    # No pool face is a labelled face (independent subjects of another generator seed).
+    flat = labelled.images.reshape(len(labelled), -1)
+    assert not any((flat == face.reshape(-1)).all(1).any() for face in pool.images)
+    stage1 = {n.stage1.key for n in plan.networks if n.regime == "mechanism" and n.stage1}
+    assert len(stage1) == 6  # FTL 1 and EL's five, whatever the point of the curve
+    for n in plan.networks:
+        if n.regime == "mechanism" and n.stage1 is not None:
+            assert n.stage1.spec["landmarks"].faces == plan.pool
 
 
-def test_other_settings_are_refused(data, results):
-    with pytest.raises(ValueError, match="other settings"):
-        run(*data, results.out_dir, config=study.Config(**{**TINY.__dict__, "width": 0.25}))
+def test_labelled_subjects_are_nested_and_apart_from_the_test_and_validation_folds(plan):
+    data = plan.mechanism.load()
+    held = set(data.subjects[plan.mechanism_split["test"].index]) | \
+        set(data.subjects[plan.mechanism_split["val"].index])
+    one, two = plan.labelled[(0, 1)], plan.labelled[(0, 2)]
+    assert len(one) == 1 and len(two) == 2 and set(one) <= set(two)
+    assert not set(two) & held
+    train = next(n for n in plan.networks if n.regime == "mechanism" and n.where == "2")
+    assert set(data.subjects[train.job.spec["train"].index]) == set(two)
 
 
-def test_bad_study_inputs(data, tmp_path):
-    lab, wild = data
-    with pytest.raises(ValueError, match="trials"):
-        run(lab, wild, tmp_path, trials=(4,))
-    small = FaceDataset(images=wild.images[:, :8, :8].copy(), labels=wild.labels,
-                        subjects=wild.subjects, classes=wild.classes, landmarks=wild.landmarks)
-    with pytest.raises(ValueError, match="one size"):
-        run(lab, small, tmp_path)
-    with pytest.raises(ValueError, match="augment"):
-        study.Config(augment="heavy")
+def test_member_k_of_every_kind_starts_from_one_extractor_draw(plan):
+    first = [n for n in plan.networks if n.regime == "mechanism" and n.where == "1"
+             and n.member == 0]
+    states = [n.job.spec["net"].build().features.state_dict() for n in first]
+    for state in states[1:]:
+        assert all(torch.equal(state[k], states[0][k]) for k in state)
+    other = next(n for n in plan.networks if n.regime == "mechanism" and n.kind == "el"
+                 and n.member == 1).job.spec["net"].build().features.state_dict()
+    assert not all(torch.equal(other[k], states[0][k]) for k in other)
 
 
-def test_stored_networks_come_back(data, results):
-    lab, _ = data
-    model = study.load_model(results, "lab-t0-el")
-    x = torch.from_numpy(lab.images[:2]).float()[:, None].repeat(1, 3, 1, 1) / 127.5 - 1
-    assert model(x).shape == (2, 5, 8)
-    stage1 = study.load_stage1(results, "lab-t0-el")
-    # The localisation heads are those of stage 1 in both; the extractors differ.
-    for a, b in zip(stage1.networks, model.networks):
-        assert torch.equal(a.landmark_head[0].weight, b.landmark_head[0].weight)
-    assert any(not torch.equal(a.features.blocks[0][0][0].weight, b.features.blocks[0][0][0].weight)
-               for a, b in zip(stage1.networks, model.networks))
-    with pytest.raises(ValueError, match="no FLL pre-training"):
-        study.load_stage1(results, "lab-t0-baseline")
-    before, after = study.landmark_pairs(results, "wild", x)
-    assert before.shape == after.shape == (2, 68, 2) and np.isfinite(before).all()
+def keys(plan, kind):
+    return {j.key for j in plan.jobs + [n.stage1 for n in plan.networks if n.stage1]
+            if j.kind == kind}
 
 
-def test_gradcam_maps_of_every_network(data, results):
-    lab, _ = data
-    test = study.lab_trials(lab, 4)[0].test[:2]
-    maps = study.gradcam_maps(results, "lab-t0", study.inputs(lab.subset(test)),
-                              lab.labels[test])
-    assert list(maps) == ["Baseline", "FTL", *(f"EL {p}" for p in study.ENSEMBLE_PARTS)]
-    assert all(m.shape == (2, SIZE, SIZE) and m.min() >= 0 and m.max() <= 1
-               for m in maps.values())
-    picks = study.gradcam_picks(lab, np.arange(len(lab)))
-    assert [lab.classes[lab.labels[i]] for i in picks] == ["surprise", "disgust", "happiness"]
+def test_a_changed_parameter_retrains_only_what_it_touches(plan):
+    share = study.plan(settings(finetune_share=0.1))
+    for kind in ("parts.landmarks", "parts.direct"):
+        assert keys(share, kind) == keys(plan, kind)
+    for kind in ("parts.rate", "parts.expressions"):
+        assert not keys(share, kind) & keys(plan, kind)
+    longer = study.plan(settings(curve=[1, 2, 3]))
+    for kind in ("parts.landmarks", "parts.direct", "parts.expressions", "parts.rate"):
+        assert keys(plan, kind) <= keys(longer, kind)
+    raw = study.plan(settings(standardize=False))  # stages 2-3 and the rate measured on them
+    for kind in ("parts.landmarks", "parts.direct"):
+        assert keys(raw, kind) == keys(plan, kind)
+    for kind in ("parts.rate", "parts.expressions"):
+        assert not keys(raw, kind) & keys(plan, kind)
+    baseline = study.plan(settings(direct_epochs=2))  # the lab's and the curve's Baselines
+    changed = {n.job.key for n in plan.networks} - {n.job.key for n in baseline.networks}
+    assert changed == {n.job.key for n in plan.networks
+                       if n.kind == "baseline" and n.where != "wild"}
 
 
-def test_tables_probe_measured_and_claims(data, results):
-    lab, _ = data
-    t1 = study.table1(results, {"lab": "lab", "wild": "wild"})
-    assert list(t1.columns) == list(study.COLUMNS) and list(t1.index) == ["lab", "wild"]
-    t3 = study.table3(results, "wild", "lab")
-    assert t3.index.tolist() == [("wild", "wild (test)"), ("wild", "lab")]
-    probe = study.landmark_probe(results, lab, study.lab_trials(lab, 4)[0], "lab-t0")
-    assert list(probe.index) == [*study.ENSEMBLE_PARTS, "full"]
-    assert probe[["true landmarks (%)", "predicted landmarks (%)"]].stack().between(0, 100).all()
-    errors = study.error_table(results, "wild", SIZE)
-    assert errors.index.get_level_values("network").unique().tolist() == [
-        "EL part network", "FTL (68 points)"]
-    test = study.lab_trials(lab, 4)[0].test[:2]
-    uniform = {name: np.ones((2, SIZE, SIZE), np.float32)
-               for name in ["Baseline", "FTL", *(f"EL {p}" for p in study.ENSEMBLE_PARTS)]}
-    evidence = study.evidence_table(uniform, study.part_masks(lab.landmarks[test],
-                                                              lab.image_size))
-    # A uniform map scores chance everywhere: lift 1.
-    assert study.own_part_lift(evidence).tolist() == pytest.approx([1.0] * 5)
+def test_the_device_is_where_a_job_runs_not_part_of_its_key(plan):
+    auto = study.plan(settings(device="auto"))
+    assert [j.key for j in auto.jobs] == [j.key for j in plan.jobs]
+    assert {j.runtime["device"] for j in auto.jobs} == {"auto"}
+    assert all("precision" in j.spec and "runtime" not in j.spec for j in plan.jobs)
+
+
+def test_stages_two_and_three_without_the_standardisation(plan, store, results):
+    """The paper's network for stages 2-3 (``standardize=False``) reuses stage 1's stored
+    weights (their identity standardisation left out) and keeps no standardisation."""
+    raw = study.plan(settings(standardize=False, curve=[1]))
+    net = next(n for n in raw.networks if n.regime == "default" and n.kind == "ftl")
+    outcome = store.run([net.job])
+    assert outcome.trained == [raw.rate.name, net.job.name]  # stage 1 reused
+    view = study.Results(raw, {net.job.key: store.get(net.job),
+                               net.stage1.key: store.get(net.stage1)}, {})
+    model = analysis.network(view, net)
+    assert isinstance(model.standardize, torch.nn.Identity)
+    stage1 = analysis.network(view, net, "stage1")
+    for key, value in stage1.landmark_head.state_dict().items():  # stage 1's, kept
+        torch.testing.assert_close(model.landmark_head.state_dict()[key], value)
+    assert settings_sentences(view)["default_settings"].endswith(
+        "stage 2's features as the extractor gives them (the paper's network, no "
+        "standardisation)")
+    assert settings_sentences(results)["default_settings"].endswith(
+        "stage 2's features standardised")
+
+
+# ------------------------------------------------------------------- the trained study
+
+def test_a_finished_study_is_reused_whole(results, plan, store, capsys):
+    assert set(results.outcome.trained) and not results.outcome.reused
+    again = study.run(plan, store)
+    assert again.outcome.trained == [] and len(again.outcome.reused) == len(results.entries)
+    assert "trained 0" in capsys.readouterr().out
+
+
+def test_logits_of_every_ensemble_after_each_stage(results):
+    test = len(results.plan.lab_splits[0].test)
+    assert results.logits("default", "lab-t0", "el").shape == (test, 5, 8)
+    assert results.logits("default", "lab-t0", "ftl", artifact="head").shape == (test, 1, 8)
+    cross = results.logits("default", "wild", "baseline", artifact="cross")
+    assert cross.shape[1:] == (1, 7) and len(cross) == (results.plan.lab.load().labels < 7).sum()
+    assert results.logits("mechanism", "2", "control").shape[1:] == (1, 8)
+    summary = results.rate.record["summary"]
+    assert 1e-3 <= summary["rate"] <= 1e-2 and summary["target"] > 0
+
+
+def test_every_compared_model_is_checked(results):
+    names = study.names(results.settings)
+    checks = study.default_checks(results, names)
+    models = [c.model for c in checks]
+    assert "FTL stage 2 on synth-lab" in models and "EL stage 2 on synth-wild" in models
+    assert "mouth on synth-lab (trained on synth-wild)" in models
+    assert len(checks) == 3 * len(study.COLUMNS) + 4
+    curve = study.curve_checks(results)
+    assert len(curve) == 2 * (4 + 2)
+
+
+def test_claims_read_not_testable_when_a_compared_model_did_not_learn(results):
+    names = study.names(results.settings)
+    checks = {c.model: c for c in study.default_checks(results, names)}
+    probe, errors = study.landmark_probe(results), study.error_table(results)
+    scores, regions, _ = study.gradcam_evidence(results, 4)
+    judged = study.claims(results, names, probe, errors, scores, regions)
+    assert all(c.verdict in VERDICTS for c in judged.values())
+    needed = [checks["FTL on synth-lab"], checks["Baseline on synth-lab"],
+              checks["FTL stage 2 on synth-lab"]]
+    if not all(c.ok for c in needed):
+        assert judged["lab_ftl_minus_baseline"].verdict == UNTESTABLE
+    else:
+        assert "McNemar" in judged["lab_ftl_minus_baseline"].reason
+    assert judged["cross_el_minus_wild_el"].verdict == UNTESTABLE
+
+
+def test_el_against_a_smaller_ensemble_is_not_testable(results):
+    verdicts = study.curve_claims(results)
+    assert len(verdicts) == 2 * 4
+    el = verdicts.xs("EL > Baseline", level="comparison")
+    assert (el["verdict"] == UNTESTABLE).all()
+    assert el["why"].str.contains("EL has 5 networks and Baseline 1").all()
+
+
+def test_tables_say_what_they_measured(results):
+    metrics = study.metrics(results)
+    assert metrics["lab_dataset"] == "synth-lab"
+    assert not [k for k in metrics if k.startswith(("ckplus", "sfew", "jaffe"))]
+    assert {"lab_ftl_accuracy", "wild_el_accuracy", "cross_mouth_accuracy"} <= set(metrics)
     cost = study.complexity()
-    measured = study.measured(results, cost, "synth-lab")
-    entries = paper_results("fll_to_fer")
-    jaffe_only = {k for k in entries if k.startswith("jaffe_") or k.endswith("_to_jaffe")}
-    assert set(measured) == set(entries) - jaffe_only
-    assert set(study.measured(results, cost, "jaffe")) == \
-        set(entries) - {k for k in entries if k.startswith("ckplus_") or k.endswith("ckplus")}
-    claims = study.claims(results, probe, errors, evidence)
-    assert len(claims) == 10 and all(isinstance(c, Claim) for c in claims)
-    # Only the claim on the expression's regions cannot be tested: the toy data has no masks.
-    assert [c.holds is None for c in claims] == [False] * 7 + [True] + [False] * 2
+    assert "storage (MiB)" in cost.columns
+    assert cost.at["sub-network", "storage (MiB)"] == pytest.approx(329_496 * 4 / 2**20)
+    names = study.names(results.settings)
+    probe, errors = study.landmark_probe(results), study.error_table(results)
+    scores, regions, _ = study.gradcam_evidence(results, 4)
+    judged = study.claims(results, names, probe, errors, scores, regions)
+    measured = study.measured(results, cost, judged)
+    assert not [k for k in measured if k.endswith("_accuracy")]  # synthetic faces
+    table = paper_vs_book("fll_to_fer", measured)
+    storage = paper_results("fll_to_fer")["subnetwork_storage_mib"]["quantity"]
+    assert "MiB" in storage
+    assert table.xs(storage, level="quantity")["verdict"].item() == "differs"
+    assert table.xs("Layers of a sub-network", level="quantity")["verdict"].item() == "exact"
 
 
-def test_architecture_rows_of_paper_vs_book():
-    cost = study.complexity()
-    fake = {"extractor_params_millions": round(cost.at["extractor", "params"] / 1e6, 3),
-            "el_params_millions": round(cost.at["ensemble", "params"] / 1e6, 3),
-            "el_params_keras_millions": round(cost.at["ensemble", "params_keras"] / 1e6, 3),
-            "subnetwork_gflops": round(cost.at["sub-network", "flops_formula"] / 1e9, 3),
-            "el_storage_mb": round(float(cost.at["ensemble", "storage_mb"]), 2)}
-    verdicts = paper_vs_book("fll_to_fer", fake).droplevel("where")["verdict"]
-    rows = {e["quantity"]: k for k, e in paper_results("fll_to_fer").items()}
-    got = {rows[q]: v for q, v in verdicts.items() if rows[q] in fake}
-    # 0.294M ~ "0.29M"; 1.643M is not 1.65M, the Keras count 1.647M is; 0.671 GFLOPs is not
-    # 0.555; 6.28 MiB for the ensemble is not 31.5 MB.
-    assert got == {"extractor_params_millions": "exact", "el_params_millions": "differs",
-                   "el_params_keras_millions": "exact", "subnetwork_gflops": "differs",
-                   "el_storage_mb": "differs"}
-    assert fake["subnetwork_gflops"] == 0.671 and fake["el_storage_mb"] == 6.28
+def test_weight_travel_and_the_rate_tables(results):
+    travel = study.travel_table(results)
+    lab = travel.xs(("default", "lab-t0"))
+    assert np.isnan(lab.at["Baseline", "stage 1 (%)"]) and lab.at["FTL", "stage 1 (%)"] > 0
+    assert lab.at["FTL", "share"] == pytest.approx(lab.at["FTL", "expressions (%)"]
+                                                   / lab.at["FTL", "stage 1 (%)"])
+    control = travel.xs(("mechanism", "1 subject", "control"))
+    assert np.isnan(control["stage 1 (%)"]) and control["expressions (%)"] > 0
+    rates = study.rate_table(results)
+    assert rates.index.tolist() == [0.001, 0.01]
+    assert rates["travel (%)"].is_monotonic_increasing
+    schedule = study.schedule(results, study.names(results.settings))
+    row = schedule.loc[("synth-lab", "stage 1: landmarks")]
+    assert row["paper lr x steps"] == pytest.approx(100 * 30 * 0.01)
+    assert row["lr x steps"] == pytest.approx(row["epochs trained"] * 1 * 0.01)  # 32 / 32
 
 
-# ------------------------------------------------------------------- pure functions by hand
-
-def fake_results(lab_acc: dict[str, float]) -> study.StudyResults:
-    """One lab trial whose Baseline, FTL and EL reach the given accuracies (fractions) and
-    whose EL parts reach ``lab_acc[part]``; the wild runs mirror the lab runs."""
-    rows = []
-    for protocol in ("lab", "wild"):
-        for kind in study.KINDS:
-            names = study.member_names(kind, 5)
-            rows.append({"protocol": protocol, "kind": kind, "trial": 0,
-                         "key": f"{protocol}-{kind}", "members": names,
-                         "accuracy": lab_acc[study.KIND_NAMES[kind]],
-                         "member_accuracy": [lab_acc.get(n, 0.5) for n in names]})
-    return study.StudyResults(pd.DataFrame(rows), {}, {}, {}, pd.DataFrame(), {}, Path("."),
-                              study.Config(), {"lab": 8, "wild": 7})
+def test_the_vb_errors_are_the_stored_faces_errors(results):
+    errors = study.error_table(results)
+    mouth = errors.loc[("EL mouth", "mouth")]
+    net = next(n for n in results.networks("default", "wild", "el") if n.part == "mouth")
+    stored = results.entry(net).arrays("errors")
+    size = results.settings.image_size
+    assert mouth["before (px)"] == pytest.approx(size * stored["before_mouth"].mean())
+    assert mouth["after (px)"] == pytest.approx(size * stored["after_mouth"].mean())
+    assert mouth["faces"] == len(results.plan.wild_split.val)
+    assert 0 <= mouth["p"] <= 1
 
 
-def test_table1_means_and_columns_by_hand():
-    acc = {"Baseline": 0.5, "FTL": 0.6, "EL": 0.75, "eyebrows": 0.4, "eyes": 0.45,
-           "nose": 0.3, "mouth": 0.7, "jaw": 0.5}
-    res = fake_results(acc)
-    assert study.means(res, "lab") == pytest.approx({k: 100 * v for k, v in acc.items()})
-    table = study.table1(res, {"lab": "synth-lab"})
-    assert table.loc["synth-lab"].tolist() == ["50.0", "60.0", "40.0", "45.0", "30.0", "70.0",
-                                               "50.0", "75.0"]
-    # Two trials: mean ± sample standard deviation.
-    two = fake_results(acc)
-    second = two.table[two.table["protocol"] == "lab"].assign(trial=1, accuracy=[0.7, 0.6, 0.85])
-    two.table = pd.concat([two.table, second], ignore_index=True)
-    assert study.table1(two, {}).at["lab", "Baseline"] == "60.0 ± 14.1"
-    assert study.table1(two, {}).at["lab", "EL"] == "80.0 ± 7.1"
+def notebook_glue() -> set[str]:
+    text = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
+                     if c.cell_type == "markdown")
+    return set(re.findall(r"\{glue:text\}`([\w.-]+)`", text))
+
+
+def test_every_sentence_the_prose_cites_is_computed(results):
+    """The notebook's glue references are exactly what the study computes, each a number
+    or a sentence, so no hidden notebook cell has to choose one."""
+    names = study.names(results.settings)
+    probe, errors = study.landmark_probe(results), study.error_table(results)
+    scores, regions, _ = study.gradcam_evidence(results, 4)
+    judged = study.claims(results, names, probe, errors, scores, regions)
+    comparison = paper_vs_book("fll_to_fer", study.measured(results, study.complexity(),
+                                                            judged))
+    values = study.highlights(results, shifts=study.displacements(results.plan.lab),
+                              probe=probe, errors=errors, judged=judged,
+                              verdicts=study.curve_claims(results), comparison=comparison)
+    values |= study.minutes(0.0)
+    missing = notebook_glue() - set(values)
+    assert not missing, f"glued in the notebook but never computed: {sorted(missing)}"
+    assert all(isinstance(v, (str, int, float)) for v in values.values())
+    assert values["n_arithmetic"] == values["n_exact"] + values["n_differs"]
+
+
+# ------------------------------------------------------------------- analyses by hand
+
+def test_aligned_undoes_pose_and_keeps_expression():
+    rng = np.random.default_rng(0)
+    face = rng.uniform(10, 30, (68, 2))
+    angle, scale, shift = np.deg2rad(7), 1.1, np.array([2.0, -1.5])
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)],
+                                 [np.sin(angle), np.cos(angle)]])
+    moved = face @ rotation.T + shift
+    np.testing.assert_allclose(analysis.aligned(moved[None], face)[0], face, atol=1e-9)
+    smiling = moved.copy()
+    smiling[48:68] += (0, -2)  # the mouth moves, the rigid points do not
+    back = analysis.aligned(smiling[None], face)[0]
+    np.testing.assert_allclose(back[list(analysis.RIGID_POINTS)],
+                               face[list(analysis.RIGID_POINTS)], atol=1e-9)
+    assert np.linalg.norm(back[48:68] - face[48:68], axis=1).mean() == pytest.approx(2 / scale)
 
 
 def test_part_displacements_by_hand():
-    points = np.zeros((4, 68, 2), dtype=np.float32)
-    points[1, 48:68] += (3, 4)      # subject 0's happy face: every mouth point moves 5 px
-    points[3, 0:17] += (0, 2)       # subject 1's happy face: the jaw moves 2 px
-    data = FaceDataset(images=np.zeros((4, 8, 8), np.uint8), labels=[0, 1, 0, 1],
-                       subjects=[0, 0, 1, 1], classes=("neutral", "happiness"),
-                       landmarks=points)
+    points = np.zeros((6, 68, 2))
+    points[:] = np.random.default_rng(1).uniform(0, 20, (68, 2))
+    points[2, 48:68] += (3, 4)      # subject 0's happy face: every mouth point moves 5 px
+    points[5, 0:17] += (0, 2)       # subject 1's happy face: the jaw moves 2 px
+    points[5, [0, 1, 15, 16]] -= (0, 2)   # (the jaw's rigid corners stay)
+    data = FaceDataset(images=np.zeros((6, 8, 8), np.uint8), labels=[0, 0, 1, 0, 0, 1],
+                       subjects=[0, 0, 0, 1, 1, 1], classes=("neutral", "happiness"),
+                       landmarks=points.astype(np.float32))
     table = study.part_displacements(data)
-    assert table.index.tolist() == ["happiness"]
+    assert table.index.tolist() == ["happiness", "neutral (floor)"]
     assert table.loc["happiness"].to_dict() == pytest.approx(
-        {"eyebrows": 0.0, "eyes": 0.0, "nose": 0.0, "mouth": 2.5, "jaw": 1.0})
+        {"eyebrows": 0.0, "eyes": 0.0, "nose": 0.0, "mouth": 2.5, "jaw": 2 * 13 / 17 / 2},
+        abs=1e-5)
+    assert table.loc["neutral (floor)"].max() == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="neutral"):
-        study.part_displacements(FaceDataset(images=np.zeros((1, 8, 8), np.uint8), labels=[0],
-                                             subjects=[0], classes=("happiness", "sadness"),
-                                             landmarks=points[:1]))
+        study.part_displacements(FaceDataset(
+            images=np.zeros((1, 8, 8), np.uint8), labels=[0], subjects=[0],
+            classes=("happiness", "sadness"), landmarks=points[:1].astype(np.float32)))
+
+
+def test_aligning_removes_the_pose_floor_of_the_synthetic_faces(plan):
+    lab = plan.lab.load()
+    aligned = study.part_displacements(lab)
+    raw = study.part_displacements(lab, align=False)
+    assert raw.loc["neutral (floor)"].mean() > 0.1          # pose jitter reads as motion
+    assert aligned.loc["neutral (floor)"].max() < 0.05      # aligned, nothing moves
+    assert aligned.loc["surprise", "jaw"] > 10 * aligned.loc["neutral (floor)", "jaw"]
 
 
 def test_probe_reads_coordinates_and_skips_missing_rows():
@@ -309,7 +409,7 @@ def test_probe_reads_coordinates_and_skips_missing_rows():
     points = rng.normal(size=(60, 4))
     points[:, 0] += 4 * labels                    # one coordinate separates the classes
     points[5, 1] = np.nan                         # a face without landmarks
-    assert study.probe_accuracy(points[:40], labels[:40], points[40:], labels[40:]) == 1.0
+    assert analysis.probe_accuracy(points[:40], labels[:40], points[40:], labels[40:]) == 1.0
 
 
 def face_points() -> np.ndarray:
@@ -328,7 +428,7 @@ def face_points() -> np.ndarray:
 
 
 def test_part_masks_by_hand():
-    masks = study.part_masks(face_points()[None], (20, 20), margin=0.0)
+    masks = analysis.part_masks(face_points()[None], (20, 20), margin=0.0)
     # margin 0 still widens by one pixel (a 3x3 ellipse: the pixel and its 4 neighbours).
     mouth = masks["mouth"][0]
     assert mouth[15, 10] == 1 and mouth[14, 10] == 1 and mouth[15, 6] == 1
@@ -338,135 +438,74 @@ def test_part_masks_by_hand():
     brows = masks["eyebrows"][0]
     assert brows[3, 3:8].all() and brows[3, 12:17].all() and brows[3, 10] == 0
     assert masks["eyes"][0][6, 5] == 1 and masks["eyes"][0][6, 10] == 0
-    # A face without landmarks has empty regions.
-    none = study.part_masks(np.full((1, 68, 2), np.nan, np.float32), (20, 20))
+    none = analysis.part_masks(np.full((1, 68, 2), np.nan, np.float32), (20, 20))
     assert all(m.sum() == 0 for m in none.values())
     with pytest.raises(ValueError, match="landmarks"):
-        study.part_masks(np.zeros((68, 2)), (20, 20))
+        analysis.part_masks(np.zeros((68, 2)), (20, 20))
 
 
 def test_evidence_table_and_own_part_lift_by_hand():
-    regions = {p: np.zeros((1, 4, 4), np.uint8) for p in study.ENSEMBLE_PARTS}
-    for i, p in enumerate(study.ENSEMBLE_PARTS[:4]):
+    parts = analysis.ENSEMBLE_PARTS
+    regions = {p: np.zeros((1, 4, 4), np.uint8) for p in parts}
+    for i, p in enumerate(parts[:4]):
         regions[p][0, i] = 1                      # one row each: chance 4 / 16 = 0.25
     regions["jaw"][0, 3, :2] = 1                  # chance 2 / 16 = 0.125
     maps = {}
-    for p in study.ENSEMBLE_PARTS:
+    for p in parts:
         cam = np.zeros((1, 4, 4), np.float32)
         cam[0, 0] = 1.0                           # all mass on the eyebrows' row ...
         if p == "mouth":
             cam[0, 3] = 1.0                       # ... the mouth network splits it in two
         maps[f"EL {p}"] = cam
-    table = study.evidence_table(maps, regions)
+    table = analysis.evidence_table(analysis.evidence_scores(maps, regions), regions)
     assert table.at["EL eyebrows", "eyebrows"] == 1.0
     assert table.at["EL mouth", "mouth"] == 0.5 and table.at["EL mouth", "jaw"] == 0.25
     assert table.loc["chance (area share)"].tolist() == [0.25, 0.25, 0.25, 0.25, 0.125]
-    lift = study.own_part_lift(table)
+    lift = study.own_part_lift(table)["own region share / chance"]
     assert lift.to_dict() == pytest.approx({"eyebrows": 4.0, "eyes": 0.0, "nose": 0.0,
                                             "mouth": 2.0, "jaw": 0.0})
 
 
-def test_the_three_ensembles_share_their_extractor_draws_and_members_differ():
-    config = study.Config(width=0.125, n_networks=5)
-    kinds = {kind: study.build(study.Run("lab", kind, 0), config, 8) for kind in study.KINDS}
-    first = {kind: model.networks[0].features.state_dict() for kind, model in kinds.items()}
-    for key, value in first["baseline"].items():
-        assert torch.equal(value, first["ftl"][key]) and torch.equal(value, first["el"][key])
-    weights = [n.features.blocks[0][0][0].weight for n in kinds["el"].networks]
-    assert not any(torch.equal(weights[0], w) for w in weights[1:])
-    other_trial = study.build(study.Run("lab", "el", 1), config, 8)
-    assert not torch.equal(weights[0], other_trial.networks[0].features.blocks[0][0][0].weight)
+def test_fig10_panels_keep_the_image_frame():
+    images = np.zeros((2, 20, 30), np.uint8)
+    before = np.full((2, 68, 2), 10.0)
+    after = before.copy()
+    after[:, :, 0] = 500.0  # a localiser gone far off the face
+    fig = study.landmark_figure(images, before, after)
+    for ax in fig.axes:
+        assert ax.get_xlim() == (-0.5, 29.5) and ax.get_ylim() == (19.5, -0.5)
+    plt.close(fig)
 
 
-# ------------------------------------------------------------ the training budget, by hand
-
-def test_steps_per_epoch_counts_the_last_partial_batch():
-    assert study.steps_per_epoch(672, 32) == 21
-    assert study.steps_per_epoch(673, 32) == 22
-
-
-def test_schedule_beside_the_papers_by_hand():
-    from fernb.data.splits import Split
-    config = study.Config(direct_epochs=10, landmark_epochs=6, head_epochs=2, finetune_epochs=8,
-                          wild_direct_epochs=10, wild_landmark_epochs=6,
-                          wild_finetune_epochs=8, finetune_lr=5e-3)
-    splits = {"lab": Split(np.arange(672), np.arange(3), np.arange(3)),
-              "wild": Split(np.arange(800), np.arange(3), np.arange(3))}
-    table = study.schedule(config, splits, {"lab": "synth-lab", "wild": "synth-wild"})
-    lab = table.xs("synth-lab (paper: CK+)")
-    # CK+: 400 direct epochs of 30 steps at 1e-2; 100 + (10 + 290) for transfer; 21 steps here.
-    assert lab.loc["Baseline: expressions"].tolist() == [400, 0.01, 120.0, 10, 0.01, 2.1]
-    assert lab.loc["transfer 1: landmarks"].tolist() == [100, 0.01, 30.0, 6, 0.01, 1.26]
-    assert lab.loc["transfer 2: head"].tolist() == [10, 0.01, 3.0, 2, 0.01, 0.42]
-    assert lab.loc["transfer 3: fine-tuning"].tolist() == [290, 1e-4, 0.87, 8, 5e-3, 0.84]
-    total = lab.loc["transfer 2 + 3: expressions"]
-    assert (total["paper epochs"], total["epochs"]) == (300, 10) and total.isna().sum() == 4
-    # SFEW: 400 direct, 200 landmarks, 10 + 190; 800 images are 25 steps.
-    wild = table.xs("synth-wild (paper: SFEW)")
-    assert wild.loc["transfer 3: fine-tuning"].tolist() == [190, 1e-4, 0.57, 8, 5e-3, 1.0]
-    assert wild.loc["transfer 1: landmarks", "paper epochs"] == 200
-    jaffe = study.schedule(config, {"lab": splits["lab"]}, {}, lab_paper="jaffe")
-    assert jaffe.index.get_level_values(0).unique().tolist() == ["lab (paper: JAFFE)"]
-    assert jaffe.xs("lab (paper: JAFFE)").at["Baseline: expressions", "paper epochs"] == 300
-    with pytest.raises(ValueError, match="lab_paper must be 'ckplus' or 'jaffe', got 'sfew'"):
-        study.schedule(config, splits, {}, lab_paper="sfew")
+def test_the_curve_table_and_figure(results):
+    table = study.curve_table(results)
+    assert table.index.tolist() == [1, 2]
+    assert {"Baseline", "control", "FTL", "EL", "FTL after stage 2",
+            "majority class"} <= set(table.columns)
+    labelled = results.plan.mechanism.load()
+    assert table.at[2, "labelled faces"] == np.isin(labelled.subjects,
+                                                    results.plan.labelled[(0, 2)]).sum()
+    fig = study.curve_figure(table)
+    assert len(fig.axes[0].lines) == 5
+    plt.close(fig)
+    values = tables.curve_correct(results, 2, "ftl")
+    assert values.shape == (1, len(results.plan.mechanism_split["test"]))
+    assert table.at[2, "FTL"] == pytest.approx(100 * values.mean())
 
 
-def test_relative_change_by_hand():
-    start = torch.tensor([3.0, 4.0])
-    assert study._relative_change(start, torch.tensor([3.3, 4.4])) == pytest.approx(0.1)
-    state = {"features.blocks.0.0.0.weight": torch.ones(1, 1, 2, 2),
-             "features.blocks.0.0.0.bias": torch.full((1,), 7.0),    # not a kernel
-             "head.0.weight": torch.full((2, 2), 9.0)}                # not the extractor
-    assert study._conv_weights(state).tolist() == [1.0] * 4
-
-
-def test_weight_travel_of_every_ensemble(results):
-    travel = study.weight_travel(results, "lab-t0")
-    assert travel.index.tolist() == ["Baseline", "FTL", "EL"]
-    assert np.isnan(travel.at["Baseline", "landmark pre-training (%)"])
-    moved = travel.drop(columns="landmark pre-training (%)").stack()
-    assert (moved > 0).all() and np.isfinite(travel.loc[["FTL", "EL"]].to_numpy()).all()
-    # The FTL network's expression training starts where its stage 1 ended: compare by hand.
-    start = study.load_stage1(results, "lab-t0-ftl").networks[0].features
-    end = study.load_model(results, "lab-t0-ftl").networks[0].features
-    kernels = [(a.weight.detach(), b.weight.detach())
-               for a, b in zip(start.modules(), end.modules()) if isinstance(a, torch.nn.Conv2d)]
-    diff = sum(float(((b - a) ** 2).sum()) for a, b in kernels) ** 0.5
-    norm = sum(float((a ** 2).sum()) for a, _ in kernels) ** 0.5
-    assert travel.at["FTL", "expression training (%)"] == pytest.approx(100 * diff / norm,
-                                                                          rel=1e-5)
-
-
-def one_hot(predicted: list[int], classes: int = 4) -> np.ndarray:
-    return np.eye(classes, dtype=np.float32)[predicted][:, None] * 5  # (N, 1, C)
-
-
-def test_paired_tests_by_hand():
-    labels = np.array([0, 1, 2, 3, 0, 1])
-    predicted = {"baseline": [0, 1, 0, 0, 1, 0],   # right on faces 0, 1
-                 "ftl": [0, 1, 2, 3, 0, 0],        # right on 0-4: 3 faces only FTL gets
-                 "el": [0, 1, 2, 3, 0, 1]}         # right on all: 1 face only EL gets
-    rows, logits, cross = [], {}, {}
-    for kind in study.KINDS:
-        rows.append({"protocol": "lab", "kind": kind, "trial": 0, "key": f"lab-t0-{kind}"})
-        logits[f"lab-t0-{kind}"] = one_hot(predicted[kind])
-        rows.append({"protocol": "wild", "kind": kind, "trial": 0, "key": f"wild-{kind}"})
-        logits[f"wild-{kind}"] = one_hot(predicted[kind])
-        cross[f"wild-{kind}"] = (one_hot(predicted[kind]), labels)
-    res = study.StudyResults(pd.DataFrame(rows), logits, {k: labels for k in logits}, cross,
-                             pd.DataFrame(), {}, Path("."), study.Config(), {})
-    tests = study.paired_tests(res)
-    row = tests.loc[("lab test", "FTL vs Baseline")]
-    assert row["first (%)"] == pytest.approx(500 / 6) and row["second (%)"] == pytest.approx(
-        200 / 6)
-    assert (row["only the first right"], row["only the second right"]) == (3, 0)
-    assert row["McNemar p"] == pytest.approx(0.25)  # 2 x (1/2)^3
-    assert tests.loc[("wild-trained, lab set", "EL vs FTL"), "McNemar p"] == pytest.approx(1.0)
-    assert study.in_words(tests, "lab test", "FTL vs Baseline") == (
-        "FTL 83.3% against Baseline 33.3%, a difference this test set cannot tell from chance "
-        "(McNemar p = 0.25)")
-    decisive = tests.copy()
-    decisive.loc[("lab test", "EL vs FTL"), "McNemar p"] = 0.001
-    assert study.in_words(decisive, "lab test", "EL vs FTL") == (
-        "EL 100.0% against FTL 83.3%: EL is more accurate (McNemar p = 0.001)")
+def test_prose_numbers_are_the_architectures():
+    cost = study.complexity()
+    numbers = study.PROSE_NUMBERS
+    assert cost.at["extractor", "parameters"] == numbers["extractor parameters"]
+    assert cost.at["sub-network", "parameters"] == numbers["sub-network parameters"]
+    assert cost.at["ensemble", "parameters"] == numbers["ensemble parameters"]
+    assert cost.at["sub-network", "parameters (Keras)"] == \
+        numbers["sub-network parameters (Keras)"]
+    assert cost.at["sub-network", "FLOPs (eqs. 7-9)"] == numbers["eqs. 7-9, one sub-network"]
+    assert cost.at["landmark head (nose)", "parameters"] == numbers["nose landmark head"]
+    assert cost.at["landmark head (full)", "parameters"] == numbers["68-point landmark head"]
+    assert round(cost.at["ensemble", "storage (MiB)"], 2) == numbers["ensemble storage (MiB)"]
+    assert round(numbers["paper fine-tuning lr x steps (290 x 30 x 1e-4)"]
+                 / numbers["paper pre-training lr x steps (100 x 30 x 1e-2)"], 3) == \
+        numbers["the paper's ratio of the two"]
+    assert round(tables.conv_share(), 2) == numbers["conv share (%)"]

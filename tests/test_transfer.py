@@ -5,8 +5,10 @@ import functools
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import fernb.transfer as transfer
 from fernb.data.datasets import FaceDataset
@@ -17,12 +19,12 @@ from fernb.models.parts import PartNetwork, part_ensemble
 from fernb.train import History
 from fernb.transfer import (Runtime, TransferConfig, TransferResult, equalized, error_table,
                             expression_dataset, inputs, landmark_dataset, landmark_errors,
-                            landmark_targets, paper_augmentation, train_direct, train_members,
-                            train_transfer)
+                            landmark_targets, paper_augmentation, relative_change,
+                            train_direct, train_expressions, train_members, train_transfer)
 
 SIZE = 16
 TINY = TransferConfig(landmark_epochs=2, head_epochs=1, finetune_epochs=2, direct_epochs=2,
-                      batch_size=8, patience=None)
+                      batch_size=8, patience=None, head_patience=None)
 
 CPU = Runtime(device="cpu")
 
@@ -35,9 +37,9 @@ def faces(n: int = 12, seed: int = 0, landmarks: bool = True) -> FaceDataset:
                        classes=tuple("ADFHNSU"), landmarks=points, name="tiny")
 
 
-def tiny(part="mouth", seed=0):
+def tiny(part="mouth", seed=0, standardize=False):
     torch.manual_seed(seed)
-    return PartNetwork(part=part, n_classes=7, width=0.125)
+    return PartNetwork(part=part, n_classes=7, width=0.125, standardize=standardize)
 
 
 def state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -84,6 +86,12 @@ def test_config_rejects_bad_values():
         TransferConfig(finetune_lr=0)
     with pytest.raises(ValueError, match="patience"):
         TransferConfig(patience=0)
+    with pytest.raises(ValueError, match="head_patience"):
+        TransferConfig(head_patience=0)
+    with pytest.raises(ValueError, match="finetune_statistics"):
+        TransferConfig(finetune_statistics="frozen")
+    with pytest.raises(ValueError, match="head_copies"):
+        TransferConfig(head_copies=-1)
 
 
 # ---------------------------------------------------------------------- inputs, targets
@@ -158,13 +166,15 @@ def test_landmark_error_by_hand():
 
 # ----------------------------------------------------------------------- three stages
 
+VIEWS = (transfer._Landmarks, transfer._Head, transfer._FixedStatistics)
+
+
 def test_each_stage_trains_what_the_paper_says(monkeypatch):
     calls = []
     real_fit = transfer.fit
 
     def spy(model, *args, **kwargs):
-        net = model.network if isinstance(model, (transfer._Landmarks, transfer._Head)) \
-            else model
+        net = model.network if isinstance(model, VIEWS) else model
         before = {k: state(net, k) for k in ("features", "landmark_head", "head")}
         history = real_fit(model, *args, **kwargs)
         after = {k: state(net, k) for k in ("features", "landmark_head", "head")}
@@ -175,12 +185,14 @@ def test_each_stage_trains_what_the_paper_says(monkeypatch):
                       "eps": config.optimizer.options["eps"],
                       "betas": config.optimizer.options["betas"],
                       "n_params": len(trainable), "loss": config.loss,
-                      "early": config.early_stopping, "batch": config.batch_size})
+                      "early": config.early_stopping, "batch": config.batch_size,
+                      "n_train": len(args[0])})
         return history
 
     monkeypatch.setattr(transfer, "fit", spy)
     network = tiny("eyes")
     result = train_transfer(network, faces(), faces(6, seed=1), config=TINY, runtime=CPU)
+    # BatchNorm buffers change in stage 1 only: stage 3 keeps stage 1's statistics.
     assert [c["changed"] for c in calls] == [{"features", "landmark_head"}, {"head"},
                                              {"features", "head"}]
     assert [c["lr"] for c in calls] == [1e-2, 1e-2, 1e-4]
@@ -196,16 +208,34 @@ def test_each_stage_trains_what_the_paper_says(monkeypatch):
     assert all(p.requires_grad for p in network.parameters())
 
 
+def test_stage_one_learns_on_a_separate_landmark_set(monkeypatch):
+    """Many faces with landmarks, few with labels: stage 1 reads only the landmark set (its
+    labels unused), stages 2 and 3 only the expression set."""
+    seen = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(len(a[1]))
+                        or real_fit(*a, **k))
+    pool = faces(20, seed=3)
+    pool.labels[:] = 0  # a pool's labels mean nothing
+    labelled = faces(6, seed=4, landmarks=False)  # no landmarks needed for expressions
+    result = train_transfer(tiny("mouth"), labelled, faces(4, seed=5, landmarks=False),
+                            landmarks=pool, landmarks_val=faces(5, seed=6), config=TINY,
+                            runtime=CPU)
+    assert seen == [20, 6, 6]
+    # The Sec. V-B errors fall back to the landmark validation faces.
+    assert set(result.error_before) == {"mouth"}
+
+
 def test_early_stopping_follows_the_config(monkeypatch):
     seen = []
     real_fit = transfer.fit
     monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(a[3].early_stopping)
                         or real_fit(*a, **k))
     config = TransferConfig(landmark_epochs=1, head_epochs=1, finetune_epochs=1, batch_size=8,
-                            patience=3)
+                            patience=3, head_patience=7)
     train_transfer(tiny(), faces(), faces(4, seed=1), config=config, runtime=CPU)
     train_transfer(tiny(), faces(), None, config=config, runtime=CPU)
-    assert seen == [3, 3, 3, None, None, None]
+    assert seen == [3, 7, 3, None, None, None]
 
 
 def test_errors_are_those_of_the_stage_one_head_before_and_after(tmp_path):
@@ -223,30 +253,250 @@ def test_errors_are_those_of_the_stage_one_head_before_and_after(tmp_path):
     # The localisation head after fine-tuning is exactly the stage-1 head.
     assert same(state(fresh, "landmark_head"), state(network, "landmark_head"))
     assert not same(state(fresh, "features"), state(network, "features"))
+    # Each face's error, averaged, is the error.
+    per_face = transfer.image_errors(network, val)
+    assert float(per_face["nose"].mean()) == pytest.approx(result.error_after["nose"])
+    full = transfer.image_errors(tiny("full"), val)
+    assert set(full) == {*PARTS_OF_EL, "full"} and all(len(v) == 6 for v in full.values())
+
+
+PARTS_OF_EL = ("eyebrows", "eyes", "nose", "mouth", "jaw")
 
 
 def test_head_on_cached_features_is_the_head_on_the_frozen_extractor():
     # Without augmentation, stage 2 trains the head on features computed once; forcing the
-    # per-step path (an augmentation that changes nothing) gives the same network.
-    cached, stepped = tiny("mouth"), tiny("mouth")
+    # per-step path (an augmentation that changes nothing) gives the same network, with or
+    # without the standardisation of the features.
     identity = lambda part: (lambda x, y: (x, y))  # noqa: E731
-    a = train_transfer(cached, faces(), faces(6, seed=1), config=TINY,
-                       runtime=Runtime("cpu", "fp32"))
-    b = train_transfer(stepped, faces(), faces(6, seed=1), config=TINY, augment=identity,
-                       runtime=Runtime("cpu", "fp32"))
-    for key, value in cached.state_dict().items():
-        torch.testing.assert_close(value, stepped.state_dict()[key], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(a.head.to_frame()["val_loss"], b.head.to_frame()["val_loss"],
-                               rtol=1e-4)
-    changed = not torch.equal(state(tiny("mouth"), "head")["head.0.weight"],
-                              cached.state_dict()["head.0.weight"])
-    assert changed
+    for standardize in (False, True):
+        cached = tiny("mouth", standardize=standardize)
+        stepped = tiny("mouth", standardize=standardize)
+        a = train_transfer(cached, faces(), faces(6, seed=1), config=TINY,
+                           runtime=Runtime("cpu", "fp32"))
+        b = train_transfer(stepped, faces(), faces(6, seed=1), config=TINY, augment=identity,
+                           runtime=Runtime("cpu", "fp32"))
+        for key, value in cached.state_dict().items():
+            torch.testing.assert_close(value, stepped.state_dict()[key], rtol=1e-4,
+                                       atol=1e-5)
+        np.testing.assert_allclose(a.head.to_frame()["val_loss"],
+                                   b.head.to_frame()["val_loss"], rtol=1e-4)
     # head_augment=False: stages 1 and 3 are augmented, stage 2 runs on features.
     built = []
     factory = lambda part: built.append(part) or identity(part)  # noqa: E731
     train_transfer(tiny("mouth"), faces(), None, config=replace(TINY, head_augment=False),
                    augment=factory, runtime=CPU)
     assert built == ["mouth", None]
+
+
+class _Pixels(torch.nn.Module):
+    """A fixed extractor whose 16 features are the first pixel row, squeezed as a landmark
+    extractor's pooled features are: a mean of 0.64 and a spread of a few hundredths."""
+
+    in_chans, out_features = 3, 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.64 + 0.026 * x[:, 0, 0, :16]
+
+
+def squeezed_faces(n: int, seed: int) -> FaceDataset:
+    """Faces whose class shows in the first pixel row (a bright pixel at the class's
+    column), on noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    images = rng.integers(100, 156, (n, SIZE, SIZE), dtype=np.uint8)
+    images[np.arange(n), 0, 2 * labels] = 255
+    return FaceDataset(images=images, labels=labels, subjects=np.arange(n),
+                       classes=tuple("ADFHNSU"), name="squeezed")
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_stage_two_on_squeezed_features_learns_once_they_are_standardised(standardize):
+    """Informative features with a spread of 0.026 around 0.64: an Adam head at 1e-2 for a
+    short budget stays near chance on them; standardised (the book's stage 2) it learns
+    them, and the standardisation is set from the training faces' features."""
+    network = PartNetwork(part="mouth", n_classes=7, width=0.125, standardize=standardize)
+    network.features = _Pixels()
+    train, test = squeezed_faces(140, 0), squeezed_faces(70, 1)
+    config = replace(TINY, head_epochs=4, head_patience=None, batch_size=32)
+    transfer.train_head(network, train, None, config=config, runtime=Runtime("cpu", "fp32"))
+    accuracy = float((network(inputs(test)).argmax(-1)[:, 0].numpy() == test.labels).mean())
+    if standardize:
+        features = network.forward_features(inputs(train))
+        torch.testing.assert_close(network.standardize.mean, features.mean(0))
+        torch.testing.assert_close(network.standardize.scale, features.std(0, unbiased=False))
+        assert accuracy > 0.9
+    else:
+        assert accuracy < 0.5
+
+
+def test_stage_two_caches_the_features_of_augmented_copies(monkeypatch):
+    network = tiny("nose", standardize=True)
+    train = faces(10)
+    x, y = inputs(train), torch.from_numpy(train.labels)
+    flip = paper_augmentation(SIZE, part=None, flip=1.0, degrees=0.0, shift=0.0)
+    features, labels = transfer.cached_features(network, x, y, flip, copies=2, seed=3)
+    assert features.shape == (30, network.features.out_features)
+    assert labels.tolist() == 3 * train.labels.tolist()
+    mirrored = transfer.extract_features(network, x.flip(-1))
+    torch.testing.assert_close(features[:10], transfer.extract_features(network, x))
+    torch.testing.assert_close(features[10:20], mirrored)  # a flip every time
+    again, _ = transfer.cached_features(network, x, y, paper_augmentation(SIZE, part=None),
+                                        copies=1, seed=3)
+    same_seed, _ = transfer.cached_features(network, x, y, paper_augmentation(SIZE, part=None),
+                                            copies=1, seed=3)
+    torch.testing.assert_close(again, same_seed)  # drawn under the seed
+    # The head trains on them, and the standardisation is set from all of them.
+    seen = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(len(a[1]))
+                        or real_fit(*a, **k))
+    transfer.train_head(network, train, None, runtime=CPU, augment=lambda part: flip,
+                        config=replace(TINY, head_augment=False, head_copies=2))
+    assert seen == [30]
+    torch.testing.assert_close(network.standardize.mean, features.mean(0))
+
+
+def test_cached_features_without_copies_are_the_faces_features_in_eval_mode():
+    # No augmentation (or no copies): the (N, F) features of the faces themselves, with the
+    # BatchNorm running statistics (eval mode), whatever the batch size; the network's mode
+    # is restored and its statistics are left alone.
+    network = tiny("eyes")
+    network.train()
+    x = torch.randn(10, 3, SIZE, SIZE)
+    y = torch.arange(10) % 7
+    before = state(network, "")
+    with torch.no_grad():
+        network.eval()
+        expected = network.forward_features(x)
+        network.train()
+    for augment, copies in ((None, 3), (lambda x, y: (x.flip(-1), y), 0)):
+        features, labels = transfer.cached_features(network, x, y, augment, copies=copies,
+                                                    batch_size=3)
+        torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(labels, y)
+    assert network.training and same(state(network, ""), before)
+
+
+def test_cached_copies_follow_their_seed_and_leave_the_global_generator_alone():
+    network = tiny("nose")
+    x = torch.randn(9, 3, SIZE, SIZE)
+    y = torch.arange(9) % 7
+    noisy = lambda x, y: (x + torch.randn_like(x), y)  # noqa: E731
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=1, batch_size=4)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's draws are unchanged
+    b, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=1, batch_size=4)
+    c, _ = transfer.cached_features(network, x, y, noisy, copies=2, seed=2, batch_size=4)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a[9:], c[9:])  # another seed, other copies
+    torch.testing.assert_close(a[:9], c[:9])  # the faces' own features do not depend on it
+    assert not torch.allclose(a[9:18], a[18:])  # each copy is drawn anew
+
+
+def test_fine_tuning_keeps_or_updates_the_batchnorm_statistics():
+    def running(net):
+        return {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
+
+    fixed, updated = tiny("jaw"), tiny("jaw")
+    start = running(fixed)
+    transfer.finetune(fixed, faces(), faces(4, seed=1), config=TINY, runtime=CPU)
+    transfer.finetune(updated, faces(), faces(4, seed=1), runtime=CPU,
+                      config=replace(TINY, finetune_statistics="update"))
+    assert same(running(fixed), start)
+    assert not same(running(updated), start)
+    assert not same(state(fixed, "features.blocks.0.0.0"),
+                    state(tiny("jaw"), "features.blocks.0.0.0"))  # the weights did train
+
+
+def test_the_standardisation_stays_fixed_after_stage_two():
+    network = tiny("eyes", standardize=True)
+    train_expressions(network, faces(), faces(4, seed=1), config=TINY, runtime=CPU)
+    mean, scale = network.standardize.mean.clone(), network.standardize.scale.clone()
+    assert not torch.equal(scale, torch.ones_like(scale))
+    transfer.finetune(network, faces(), faces(4, seed=1), config=TINY, runtime=CPU)
+    assert torch.equal(mean, network.standardize.mean)
+    assert torch.equal(scale, network.standardize.scale)
+
+
+def test_the_control_runs_stages_two_and_three_from_random_weights(monkeypatch):
+    calls = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: calls.append(a[3].lr)
+                        or real_fit(*a, **k))
+    network = tiny("full")
+    landmarks = state(network, "landmark_head")
+    head, tuned = train_expressions(network, faces(), faces(4, seed=1), config=TINY,
+                                    runtime=CPU)
+    assert calls == [1e-2, 1e-4] and len(head) == 1 and len(tuned) == 2
+    assert same(landmarks, state(network, "landmark_head"))
+
+
+def test_an_epoch_is_about_epoch_images_images():
+    def sized(n):
+        return TensorDataset(torch.arange(n), torch.arange(n))
+
+    assert len(transfer.epoch_set(sized(56), 960)) == 17 * 56    # 952
+    assert len(transfer.epoch_set(sized(448), 960)) == 2 * 448   # 896
+    assert len(transfer.epoch_set(sized(672), 960)) == 672       # round(1.43) = 1
+    assert len(transfer.epoch_set(sized(2000), 960)) == 2000     # at least one pass
+    assert transfer.epoch_set(sized(5), None).tensors[0].tolist() == [0, 1, 2, 3, 4]
+    repeated = transfer.epoch_set(sized(3), 7)
+    assert repeated.tensors[1].tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(ValueError, match="epoch_images"):
+        TransferConfig(epoch_images=0)
+
+
+def test_epoch_images_sets_the_steps_of_every_stage(monkeypatch):
+    seen = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(len(a[1]))
+                        or real_fit(*a, **k))
+    config = replace(TINY, epoch_images=36)
+    train_transfer(tiny("nose"), faces(12), None, config=config, runtime=CPU)
+    train_direct(tiny(None), faces(12), None, config=config, runtime=CPU)
+    assert seen == [36, 36, 36, 36]
+
+
+# ----------------------------------------------------------- how far fine-tuning moves
+
+def test_relative_change_by_hand():
+    a, b = tiny("mouth"), tiny("mouth")
+    assert relative_change(a, b) == 0.0
+    with torch.no_grad():
+        for m in b.features.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(1.5)  # every kernel 50% longer
+                m.bias.add_(10.0)   # biases and BatchNorm do not count
+    assert relative_change(a, b) == pytest.approx(0.5)
+    assert relative_change(a.state_dict(), b.state_dict()) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="kernels"):
+        transfer.conv_kernels({"head.0.weight": torch.zeros(2, 2)})
+
+
+def test_choose_rate_interpolates_in_log_rate_and_log_travel():
+    travel = pd.Series({1e-4: 0.001, 1e-3: 0.01, 1e-2: 0.1})
+    assert transfer.choose_rate(travel, 0.01) == pytest.approx(1e-3)
+    # Half-way in logs between 0.001 and 0.01 is sqrt(10) times 0.001, at sqrt(10) * 1e-4.
+    assert transfer.choose_rate(travel, 0.001 * 10 ** 0.5) == pytest.approx(1e-4 * 10 ** 0.5)
+    assert transfer.choose_rate(travel, 1e-6) == pytest.approx(1e-4)   # clipped
+    assert transfer.choose_rate(travel, 5.0) == pytest.approx(1e-2)
+    assert transfer.choose_rate(pd.Series({3e-4: 0.2}), 0.01) == pytest.approx(3e-4)
+    with pytest.raises(ValueError, match="target"):
+        transfer.choose_rate(travel, 0.0)
+
+
+def test_fine_tuning_travels_farther_at_higher_rates_and_leaves_the_network_alone():
+    network = tiny("full")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    travel = transfer.finetune_travel(network, faces(), [1e-2, 1e-4, 1e-3],
+                                      val=faces(4, seed=2), config=TINY, runtime=CPU)
+    assert travel.index.tolist() == [1e-4, 1e-3, 1e-2]
+    assert travel.is_monotonic_increasing and travel.iloc[0] > 0
+    assert same(before, network.state_dict())
+    with pytest.raises(ValueError, match="lrs"):
+        transfer.finetune_travel(network, faces(), [], config=TINY, runtime=CPU)
 
 
 def test_rerun_resumes_from_the_stage_checkpoints(tmp_path):

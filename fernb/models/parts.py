@@ -37,6 +37,14 @@ Choices where the paper is silent (the authors' public notebook settles some of 
 - ``width`` scales every convolution's filters and the 128-unit dense layers (1.0 = paper).
 - :meth:`PartNetwork.cam_layer` is the last convolution's BN-ReLU output (before the last
   max-pool), the layer Grad-CAM explains (Sec. IV-C, eqs. 5-6).
+- ``standardize=True`` (not in the paper; the book's networks use it) puts a fixed
+  standardisation (:class:`Standardize`) of the 128-d features before the expression head,
+  set from the training images' features when the head is trained on a frozen extractor
+  (stage 2 of :mod:`fernb.transfer`). A landmark-trained extractor's pooled features vary
+  little between images (a spread of a few hundredths around a mean near 0.6), which leaves
+  an Adam-trained head at the majority class; standardised, the same features are as
+  usable as they are to a standardised linear probe. Its 2 x 128 fixed values are no
+  parameters; :func:`complexity_summary` counts the paper's network without them.
 
 Complexity at the paper's 160x160x3 input and C = 8 (CK+), see :func:`complexity_summary`:
 extractor 294,480 trainable parameters ("about 0.29M"), expression head 34,056, sub-network
@@ -83,6 +91,32 @@ LANDMARK_SETS: dict[str, tuple[int, ...]] = {
     **{part: PARTS[part] for part in ENSEMBLE_PARTS}, "full": tuple(range(N_LANDMARKS))}
 KINDS: tuple[str, ...] = ("el", "ftl", "baseline")
 HEAD_ACTIVATIONS: dict[str, type[nn.Module]] = {"none": nn.Identity, "relu": nn.ReLU}
+
+
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation ``(f - mean) / scale`` of (B, F) features: the
+    identity until :meth:`fit` sets it from a set of features (buffers, not parameters, so
+    fine-tuning leaves it as set)."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, *, eps: float = 1e-6) -> Standardize:
+        """Set mean and scale from (N, F) features: each feature's mean and standard
+        deviation (population), a floor of ``eps`` on the scale of a constant feature."""
+        features = features.detach().float()
+        if features.ndim != 2 or features.shape[1] != len(self.mean) or len(features) < 2:
+            raise ValueError(f"expected at least two ({len(self.mean)},) feature vectors, got "
+                             f"shape {tuple(features.shape)}")
+        self.mean.copy_(features.mean(0))
+        self.scale.copy_(features.std(0, unbiased=False).clamp_min(eps))
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.scale  # (B, F)
 
 
 class FeatureExtractor(nn.Module):
@@ -146,13 +180,16 @@ class PartNetwork(nn.Module):
         in_chans: input channels (3: grayscale repeated, Sec. III-A).
         head_activation: ``"none"`` (the authors' code) or ``"relu"`` after the hidden dense
             layers of both heads.
+        standardize: a fixed :class:`Standardize` of the features before the expression head
+            (not the paper's; see the module notes); False is the paper's network.
 
     ``forward(x)`` gives expression logits (B, 1, C); ``forward_landmarks(x)`` gives (B, 2K)
     normalised coordinates ``x0/W, y0/H, x1/W, ...`` of the part's K points.
     """
 
     def __init__(self, *, part: str | None = "mouth", n_classes: int = 8, width: float = 1.0,
-                 in_chans: int = 3, head_activation: str = "none") -> None:
+                 in_chans: int = 3, head_activation: str = "none",
+                 standardize: bool = False) -> None:
         super().__init__()
         if part is not None and part not in LANDMARK_SETS:
             raise ValueError(f"part must be one of {list(LANDMARK_SETS)} or None (Baseline), "
@@ -171,6 +208,7 @@ class PartNetwork(nn.Module):
         self.landmark_head = (_dense_stack([n_feat, hidden, 2 * len(self.indices)],
                                            head_activation) if part is not None else None)
         self.head = _dense_stack([n_feat, hidden, hidden, n_classes], head_activation)
+        self.standardize: nn.Module = Standardize(n_feat) if standardize else nn.Identity()
         for head in (self.landmark_head, self.head):
             if head is not None:
                 _initialise(head)
@@ -214,8 +252,8 @@ class PartNetwork(nn.Module):
         return self.features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """The expression head: logits (B, 1, C)."""
-        return self.head(features).unsqueeze(1)
+        """The expression head (after the standardisation, if any): logits (B, 1, C)."""
+        return self.head(self.standardize(features)).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (B, 1, C)
@@ -229,13 +267,15 @@ class PartNetwork(nn.Module):
 
 def part_ensemble(kind: str = "el", *, n_networks: int = 5, n_classes: int = 8,
                   width: float = 1.0, in_chans: int = 3, head_activation: str = "none",
-                  seed: int = 0) -> Members:
+                  standardize: bool = False, seed: int = 0) -> Members:
     """The EL, FTL or Baseline ensemble as :class:`~fernb.models.members.Members` (B, M, C).
 
     Args:
         kind: ``"el"`` (one network per part of :data:`ENSEMBLE_PARTS`), ``"ftl"`` (68-point
             networks) or ``"baseline"`` (no landmark head).
         n_networks: networks of FTL and Baseline (5 in the paper); EL has one per part.
+        standardize: networks with a fixed feature standardisation before the expression
+            head (:class:`PartNetwork`).
         seed: member ``k`` (0-based) is built under ``seeded(seed, k)``, as
             :meth:`Members.build` does.
 
@@ -252,7 +292,8 @@ def part_ensemble(kind: str = "el", *, n_networks: int = 5, n_classes: int = 8,
     for k, part in enumerate(parts):
         with seeded(seed, k):
             networks.append(PartNetwork(part=part, n_classes=n_classes, width=width,
-                                        in_chans=in_chans, head_activation=head_activation))
+                                        in_chans=in_chans, head_activation=head_activation,
+                                        standardize=standardize))
     return Members(networks)
 
 
@@ -261,13 +302,14 @@ class _Classifier(nn.Module):
 
     def __init__(self, network: PartNetwork) -> None:
         super().__init__()
-        self.features, self.head = network.features, network.head
+        self.features, self.standardize, self.head = (network.features, network.standardize,
+                                                      network.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, F)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features).unsqueeze(1)  # (B, 1, C)
+        return self.head(self.standardize(features)).unsqueeze(1)  # (B, 1, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # (B, 1, C)

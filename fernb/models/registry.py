@@ -22,7 +22,8 @@ from fernb.models.esr import (ESR, Branch, conv_block, esr4, esr9, single_networ
                               traditional_ensemble)
 from fernb.models.faml import AttentionBlock, FacialAreaFusion, r18_faml
 from fernb.models.members import Members
-from fernb.models.parts import FeatureExtractor, PartNetwork, expression_network, part_ensemble
+from fernb.models.parts import (FeatureExtractor, PartNetwork, Standardize, expression_network,
+                                part_ensemble)
 from fernb.models.relevance import BaselineCNN, EBlock, FacialParts, RelevanceNet, Representation
 from fernb.models.sizes import scaled
 from fernb.models.softlabels import Network, VGGBase, VGGTop
@@ -106,6 +107,8 @@ MODELS: dict[str, ModelCase] = {
     # FLL-to-FER part networks (Wadhawan and Gandhi)
     "part_network": _case(PartNetwork, (3, 32, 32), part="mouth", width=0.125,
                           other_heads=LANDMARKS),
+    "part_network-standardized": _case(PartNetwork, (3, 32, 32), part="full", width=0.125,
+                                       standardize=True, other_heads=LANDMARKS),
     "part_ensemble-el": _case(part_ensemble, (3, 32, 32), kind="el", width=0.125,
                               other_heads=LANDMARKS),
     "part_ensemble-ftl": _case(part_ensemble, (3, 32, 32), kind="ftl", n_networks=2,
@@ -132,5 +135,5 @@ MODELS: dict[str, ModelCase] = {
 }
 
 COMPONENTS: tuple[Callable[..., nn.Module], ...] = (
-    Branch, conv_block, FeatureExtractor, AttentionBlock, FacialAreaFusion, EBlock,
-    Representation, FacialParts, VGGFaceInput, VGGBase)
+    Branch, conv_block, FeatureExtractor, Standardize, AttentionBlock, FacialAreaFusion,
+    EBlock, Representation, FacialParts, VGGFaceInput, VGGBase)
