@@ -316,3 +316,20 @@ def test_at_one_epoch_comparisons_are_not_testable_with_the_reason(toy) -> None:
         claim = judged["default"][key]
         assert claim.verdict == UNTESTABLE, (key, claim)
         assert "did not learn" in claim.reason or "own-class rule" in claim.reason
+
+
+def test_a_model_blind_to_most_classes_makes_its_claims_not_testable() -> None:
+    """Above the majority class, yet predicting 3 of 8 classes: the comparison says little
+    about soft labels, whose point is the classes next to the true one."""
+    from fernb.verdicts import learned
+    labels = np.repeat(np.arange(8), 10)
+    blind = np.where(labels < 3, labels, 0)  # right on classes 0-2 only
+    sighted = np.where(labels % 2 == 0, labels, (labels + 1) % 8)  # predicts 4 classes
+    checks = [learned("blind", blind, labels, n_classes=8),
+              learned("sighted", sighted, labels, n_classes=8)]
+    assert all(c.ok for c in checks)
+    check = C.predicts_enough(checks)
+    assert not check.ok
+    assert check.reason == ("1 of 2 compared models predict fewer than half of the classes, "
+                            "e.g. blind predicts 3 of 8")
+    assert C.predicts_enough(checks[1:]).ok

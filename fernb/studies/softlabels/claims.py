@@ -4,12 +4,13 @@ paper-vs-book table.
 A claim comparing ensembles is tested image by image (:func:`fernb.evaluate.clustered_test`:
 every ensemble of the book is tested on the same faces, so the image is the independent
 unit), and only after its preconditions: every compared model learned (above the majority
-class), the D it rests on keeps Sec. 3.2's own-class rule, and there are enough test images
-(and members, for diversity). A failed precondition makes the claim *not testable*, with the
+class) and predicts at least half of the classes, the D it rests on keeps Sec. 3.2's
+own-class rule, and there are enough test images (and members, for diversity). A failed precondition makes the claim *not testable*, with the
 reason.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from fernb.evaluate import clustered_test
 from fernb.softlabels import TABLE_1_CLASSES, restrict_soft_labels
 from fernb.studies.softlabels.results import Regime, Results, SoftLabels
 from fernb.studies.softlabels.tables import OBSERVATIONS, confusion, order_kept
-from fernb.verdicts import Check, Claim, condition, enough_units, judge, judge_fact
+from fernb.verdicts import Check, Claim, Learning, condition, enough_units, judge, judge_fact
 
 MIN_IMAGES = 30
 PAPER = "Tables 2, 4, 6"
@@ -33,6 +34,17 @@ def _learned(regime: Regime, *groups: str) -> Check:
     return condition(not failed, f"{len(failed)} of {n} compared models did not learn, e.g. "
                      f"{failed[0].reason}" if failed else "",
                      f"all {n} compared models learned")
+
+
+def predicts_enough(checks: Sequence[Learning]) -> Check:
+    """The chapter's reading of "a model that predicts only a few classes": every compared
+    model must predict at least half of the classes on the test split, or the comparison
+    says little about soft labels, whose point is the classes next to the true one."""
+    few = [c for c in checks if c.classes_predicted < math.ceil(c.n_classes / 2)]
+    return condition(not few, f"{len(few)} of {len(checks)} compared models predict fewer than "
+                     f"half of the classes, e.g. {few[0].model} predicts "
+                     f"{few[0].classes_predicted} of {few[0].n_classes}" if few else "",
+                     f"all {len(checks)} compared models predict at least half of the classes")
 
 
 def violations_text(d: SoftLabels) -> str:
@@ -63,7 +75,9 @@ def _images(regime: Regime) -> Check:
 
 
 def _requires(regime: Regime, *groups: str) -> list[Check]:
-    return [_learned(regime, *groups), *_valid(regime, *groups), _images(regime)]
+    checks = [c for g in groups for c in regime.learning(g)]
+    return [_learned(regime, *groups), predicts_enough(checks), *_valid(regime, *groups),
+            _images(regime)]
 
 
 # ----------------------------------------------------------------------- tests

@@ -150,6 +150,19 @@ def highlights(results: Results, clock: Clock | None = None) -> dict[str, Any]:
             "gamma_low": f"{gammas[0]:g}", "gamma_high": f"{gammas[-1]:g}",
             "weight_high": 100 * float(spread[-1] / spread.sum()),
             "acc_pert_probs": _pct(r.scores("perturbed").correct_probabilities)}
+    for name in r.groups:
+        cm = confusion(r, name)
+        never = [c for c in cm.columns if cm[c].sum() == 0]
+        out[f"never_{name}"] = (f"never predicts {', '.join(never)}" if never
+                                else "predicts every class")
+    rise = np.mean([100 * (n.history["val_acc_ens"].iloc[-1]
+                           - n.history["val_acc_ens"].iloc[max(0, len(n.history) - 3)])
+                    for g in r.groups.values() for n in g.members])
+    out["still_rising"] = (
+        f"rose by {rise:.1f} points over their last two epochs on average: these networks are "
+        f"not trained to convergence, and longer training would change the numbers below"
+        if rise > 1 else f"changed by {rise:+.1f} points over their last two epochs on "
+        f"average: these networks have levelled off")
     table = mistakes_table(confusion(r), d)
     follows = int((table["mistake follows D"] == "yes").sum())
     out["mistakes_follow_d"] = (f"in {follows} of {len(table)} classes the ensemble's most "

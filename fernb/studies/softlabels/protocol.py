@@ -84,7 +84,8 @@ def split(data: FaceDataset, seed: int = 0) -> Split:
 def mechanism_knobs(settings: Settings) -> dict[str, Any]:
     """The generator's knobs of the mechanism regime: blends between classes that share
     action units, labels drawn from each face's mixture, and ``mechanism_blend_prob`` of the
-    faces blended (the paper: faces in the wild "usually" mix emotions)."""
+    faces blended (by default synth-wild's own share, so the regime differs from the default
+    one by the two mechanism knobs only)."""
     return {"blend_pairs": "facs", "label_from_mixture": True,
             "blend_prob": settings.mechanism_blend_prob}
 

@@ -283,7 +283,7 @@ def load(settings: Settings, store: Store, sweep: Sweep) -> Results:
                                _soft_labels(settings, regime, data, s, store), main_d(settings),
                                groups)
     source = source_job(settings)
-    everything = plan(settings, sweep)
+    everything = {j.key: j for j in plan(settings, sweep)}.values()  # each network once
     seconds = sum(float(store.get(j).record["seconds"]) for j in everything)
     return Results(settings, None if source is None else Trained.load(source, store), sweep,
                    [Trained.load(j, store) for j in sweep_jobs(settings)[1:]], found, seconds)

@@ -109,7 +109,7 @@ class Settings(ChapterSettings):
                                    "also an ensemble with the other D (paper: no)")
     mechanism: bool = param(True, Choice(True, False),
                             "run the mechanism regime (structured blends, mixture labels)")
-    mechanism_blend_prob: float = param(0.6, Range(0, 1, open_low=True),
+    mechanism_blend_prob: float = param(0.3, Range(0, 1, open_low=True),
                                         "share of blended faces in the mechanism regime")
 
     RELATIONS: ClassVar[Sequence[Relation]] = (
@@ -205,6 +205,7 @@ PROSE_NUMBERS: dict[str, float] = {
     "synthetic generator: images per synth-wild subject": 40,
     "synthetic generator: largest weight of a blend's second emotion": 0.45,
     "synthetic generator: default share of blended synth-wild faces": 0.3,
+    "a share of blended faces to try in an exercise": 0.6,
     "a tenth, the step decay's factor": 0.1,
     "time to work through the chapter (minutes)": 75,
 }
