@@ -249,6 +249,16 @@ def test_spread_table_shows_each_members_weight_in_eq7() -> None:
     assert table["gamma"].tolist() == [1.0, 2.0, 3.0]
 
 
+def test_the_spread_sentence_says_whether_the_spreads_grow_with_gamma() -> None:
+    from fernb.studies.softlabels.prose import spread_sentence
+    grows = spread_sentence(np.array([1.0, 2.0, 3.0]), (1.0, 2.0, 3.0))
+    assert "1.00 at gamma 1, 2.00 at gamma 2, 3.00 at gamma 3: they grow with gamma" in grows
+    assert grows.endswith("the member at gamma 3 carries the largest share of eq. (7)'s "
+                          "weight, 50.0%")
+    flat = spread_sentence(np.array([2.0, 1.0, 1.0]), (0.4, 1.0, 1.6))
+    assert "do not grow with gamma" in flat and "at gamma 0.4 carries" in flat
+
+
 def test_observations_on_a_hand_made_matrix() -> None:
     classes = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
     cm = pd.DataFrame(np.eye(7) * 60, index=classes, columns=classes)

@@ -155,7 +155,7 @@ def default_claims(results: Results) -> dict[str, Claim]:
             "Secs. 4.2, 4.5, 4.6", r, ("other", "correct"), ("hard", "correct"), "greater",
             _requires(r, "other", "hard"))
     cm = confusion(r)
-    learned_check = _learned(r, "perturbed")
+    seen = [_learned(r, "perturbed"), predicts_enough(r.learning("perturbed"))]
     for true, named, where in OBSERVATIONS:
         if true not in cm.index or any(c not in cm.columns for c in named):
             continue
@@ -163,14 +163,14 @@ def default_claims(results: Results) -> dict[str, Claim]:
         top = str(row.idxmax())
         out[f"remark_{true}"] = judge_fact(
             f"{true} is most often mistaken for {' or '.join(named)}", where, top in named,
-            f"most often {top} ({row.max():.1f} % of {true} faces)", requires=[learned_check])
+            f"most often {top} ({row.max():.1f} % of {true} faces)", requires=seen)
     if "happiness" in cm.index:
         recall = cm.to_numpy().diagonal()
         best = cm.index[int(np.argmax(recall))]
         out["happiness"] = judge_fact(
             "happiness is the best-recognised class", "Sec. 4.6", best == "happiness",
             f"happiness {cm.loc['happiness', 'happiness']:.1f} %, best {best} "
-            f"{recall.max():.1f} %", requires=[learned_check])
+            f"{recall.max():.1f} %", requires=seen)
     return out
 
 
