@@ -97,6 +97,11 @@ def test_a_changed_parameter_retrains_only_what_it_touches() -> None:
     assert [n.kind for n in member.needs] == [P.KIND] and "dataset" not in member.spec["needs"]
     own = P.member_job(s, "default", P.soft("dataset", 2.2), 0, 1)
     assert own.spec["needs"] == ("source", "dataset")
+    # Where a network runs is not what it computes: the device stays out of the key, the
+    # precision it resolves to stays in.
+    moved = P.member_job(study.Settings(device="cpu"), "default", P.soft("source", 2.2), 0, 1)
+    assert moved.key == member.key and moved.runtime["device"] == "cpu"
+    assert member.spec["training"]["precision"] in ("fp32", "bf16", "fp16-amp")
 
 
 def test_the_oracle_d_is_eqs_2_3_on_the_true_mixtures() -> None:

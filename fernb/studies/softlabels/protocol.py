@@ -48,7 +48,7 @@ from sklearn.model_selection import train_test_split
 from fernb.data.datasets import DataSpec, FaceDataset
 from fernb.data.splits import Split, standard_split
 from fernb.data.transforms import BatchAugmentation
-from fernb.device import resolve_device, resolve_precision
+from fernb.device import computed_precision, resolve_device, resolve_precision
 from fernb.evaluate import accuracy, predict
 from fernb.losses import SoftLabelLoss
 from fernb.models.backbones import load_weights, vgg16
@@ -152,19 +152,22 @@ def training_spec(settings: Settings, epochs: int) -> dict[str, Any]:
     return {"epochs": epochs, "optimizer": optimizer,
             "schedule": None if step is None else Schedule("StepLR", step_size=step, gamma=0.1),
             "batch_size": settings.batch_size, "augment": settings.augment,
-            "image_size": settings.image_size, "precision": settings.precision}
+            "image_size": settings.image_size,
+            "precision": computed_precision(settings.precision, settings.device)}
 
 
-def fit_config(training: Mapping[str, Any], *, seed: int, loss: Any, device: str) -> FitConfig:
+def fit_config(training: Mapping[str, Any], *, seed: int, loss: Any, device: str,
+               precision: str) -> FitConfig:
     """The :class:`~fernb.train.FitConfig` of a training spec. The weights of the last epoch
     are kept (the paper trains a fixed number of iterations): the latest epoch is the best by
-    ``select="epoch"``."""
+    ``select="epoch"``. ``device`` and ``precision`` are the settings' (``training`` keeps the
+    precision they resolve to, which is what the result depends on)."""
     augment = (None if training["augment"] == "none"
                else BatchAugmentation(training["augment"], training["image_size"]))
     return FitConfig(epochs=training["epochs"], optimizer=training["optimizer"],
                      schedule=training["schedule"], loss=loss,
                      batch_size=training["batch_size"], augment=augment, select="epoch",
-                     maximize=True, device=device, precision=training["precision"], seed=seed)
+                     maximize=True, device=device, precision=precision, seed=seed)
 
 
 # ----------------------------------------------------------------------- soft labels
@@ -231,7 +234,7 @@ class _Trace:
 def train_network(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     """Train one VGG16 as its spec says and store its validation and test logits, labels,
     classes and history (the state too where others start from it)."""
-    spec = job.spec
+    spec, device, precision = job.spec, job.runtime["device"], job.runtime["precision"]
     data = spec["data"].load()
     s = split(data, spec["split_seed"])
     needs = dict(zip(spec["needs"], job.needs))
@@ -250,13 +253,13 @@ def train_network(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
         entry.save_arrays("target", soft_labels=d)
         loss = SoftLabelLoss(d)  # eq. (5)
     else:
-        trace = _Trace(val, entry, spec["device"], spec["training"]["precision"])
+        trace = _Trace(val, entry, device, precision)
     history = fit(net, data.subset(s.train), val,
                   fit_config(spec["training"], seed=spec["fit_seed"], loss=loss,
-                             device=spec["device"]),
+                             device=device, precision=precision),
                   checkpoint=entry.checkpoint, on_epoch_end=trace)
-    logits = {part: predict(net, data.subset(idx), device=spec["device"],
-                            precision=spec["training"]["precision"])[:, 0].numpy()
+    logits = {part: predict(net, data.subset(idx), device=device,
+                            precision=precision)[:, 0].numpy()
               for part, idx in (("val", s.val), ("test", s.test))}
     entry.save_arrays("predictions", **logits, val_labels=data.labels[s.val],
                       test_labels=data.labels[s.test])
@@ -272,9 +275,11 @@ def train_network(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------- the plan
 
-def _job(spec: dict[str, Any], needs: dict[str, Job], label: str) -> Job:
+def _job(settings: Settings, spec: dict[str, Any], needs: dict[str, Job], label: str) -> Job:
+    """A network's job: where it runs (device, precision setting) is not part of its key."""
     spec = {**spec, "needs": tuple(needs)}
-    return Job(KIND, spec, train_network, tuple(needs.values()), label)
+    return Job(KIND, spec, train_network, tuple(needs.values()), label,
+               runtime={"device": settings.device, "precision": settings.precision})
 
 
 def source_job(settings: Settings) -> Job | None:
@@ -286,8 +291,8 @@ def source_job(settings: Settings) -> Job | None:
             "network": network_spec(settings), "start": start,
             "draw": (settings.seed, "source"), "fit_seed": derive_seed(settings.seed, "source"),
             "training": training_spec(settings, settings.source_epochs),
-            "target": {"kind": "hard"}, "keep_state": True, "device": settings.device}
-    return _job(spec, {}, f"source network ({settings.source})")
+            "target": {"kind": "hard"}, "keep_state": True}
+    return _job(settings, spec, {}, f"source network ({settings.source})")
 
 
 def main_d(settings: Settings) -> str:
@@ -319,10 +324,10 @@ def member_job(settings: Settings, regime: str, target: Mapping[str, Any], repea
             "draw": (settings.seed, "member", repeat, member),
             "fit_seed": derive_seed(settings.seed, "fit", repeat, member),
             "training": training_spec(settings, settings.epochs), "target": dict(target),
-            "keep_state": False, "device": settings.device}
+            "keep_state": False}
     what = ("hard labels" if target["kind"] == "hard"
             else f"{target['d']} D at gamma {target['gamma']:g}")
-    return _job(spec, needs, f"{regime} r{repeat} k{member}: {what}")
+    return _job(settings, spec, needs, f"{regime} r{repeat} k{member}: {what}")
 
 
 def constructor_job(settings: Settings, regime: str = "default") -> Job:
