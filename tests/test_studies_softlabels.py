@@ -264,6 +264,15 @@ def test_the_spread_sentence_says_whether_the_spreads_grow_with_gamma() -> None:
     assert "do not grow with gamma" in flat and "at gamma 0.4 carries" in flat
 
 
+def test_the_trend_sentence_needs_three_epochs_and_reads_the_last_two() -> None:
+    from fernb.studies.softlabels.prose import rising_sentence
+    assert rising_sentence([pd.Series([0.3])]).startswith("cannot show a trend")
+    rising = rising_sentence([pd.Series([0.2, 0.3, 0.4, 0.5]), pd.Series([0.2, 0.3, 0.3, 0.4])])
+    assert rising.startswith("rose by 15.0 points over their last two epochs")
+    flat = rising_sentence([pd.Series([0.2, 0.5, 0.5, 0.505])])
+    assert flat.startswith("changed by +0.5 points") and "levelled off" in flat
+
+
 def test_observations_on_a_hand_made_matrix() -> None:
     classes = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"]
     cm = pd.DataFrame(np.eye(7) * 60, index=classes, columns=classes)

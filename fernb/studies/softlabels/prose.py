@@ -115,11 +115,26 @@ def spread_sentence(spread: np.ndarray, gammas: Any) -> str:
     grows = bool(np.all(np.diff(spread) > 0))
     listed = ", ".join(f"{v:.2f} at gamma {g:g}" for v, g in zip(spread, gammas))
     return (f"In this run the spreads are {listed}: they "
-            + ("grow with gamma, as at the optimum" if grows else
+            + ("grow with gamma, as they do at the optimum" if grows else
                "do not grow with gamma, a sign that the members are still far from the "
                "optimum where eq. (4) fixes their scores")
             + f", and the member at gamma {gammas[top]:g} carries the largest share of "
               f"eq. (7)'s weight, {100 * spread[top] / spread.sum():.1f}%")
+
+
+def rising_sentence(curves: list[Any]) -> str:
+    """How the members' validation accuracy (fractions, one curve per member) moved over
+    their last two epochs, and what that says about their training."""
+    if min(len(c) for c in curves) < 3:
+        return ("cannot show a trend: they trained for fewer than three epochs, too few to "
+                "tell whether they were still learning")
+    rise = float(np.mean([100 * (c.iloc[-1] - c.iloc[-3]) for c in curves]))
+    if rise > 1:
+        return (f"rose by {rise:.1f} points over their last two epochs on average: these "
+                f"networks are not trained to convergence, and longer training would change "
+                f"the numbers below")
+    return (f"changed by {rise:+.1f} points over their last two epochs on average: these "
+            f"networks have levelled off")
 
 
 def highlights(results: Results, clock: Clock | None = None) -> dict[str, Any]:
@@ -165,14 +180,8 @@ def highlights(results: Results, clock: Clock | None = None) -> dict[str, Any]:
         never = [c for c in cm.columns if cm[c].sum() == 0]
         out[f"never_{name}"] = (f"never predicts {', '.join(never)}" if never
                                 else "predicts every class")
-    rise = np.mean([100 * (n.history["val_acc_ens"].iloc[-1]
-                           - n.history["val_acc_ens"].iloc[max(0, len(n.history) - 3)])
-                    for g in r.groups.values() for n in g.members])
-    out["still_rising"] = (
-        f"rose by {rise:.1f} points over their last two epochs on average: these networks are "
-        f"not trained to convergence, and longer training would change the numbers below"
-        if rise > 1 else f"changed by {rise:+.1f} points over their last two epochs on "
-        f"average: these networks have levelled off")
+    out["still_rising"] = rising_sentence([n.history["val_acc_ens"]
+                                           for g in r.groups.values() for n in g.members])
     table = mistakes_table(confusion(r), d)
     follows = int((table["mistake follows D"] == "yes").sum())
     out["mistakes_follow_d"] = (f"in {follows} of {len(table)} classes the ensemble's most "
