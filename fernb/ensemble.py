@@ -385,6 +385,19 @@ def pairwise_diversity(outputs: ArrayLike, labels: ArrayLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def disagreement_per_sample(outputs: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """(N,) each sample's share of member pairs of which exactly one member is correct:
+    averaged over the samples it is the disagreement of :func:`pairwise_diversity`, and per
+    sample it lets two ensembles tested on the same images be compared image by image
+    (:func:`fernb.evaluate.clustered_test`)."""
+    correct = _correctness(outputs, labels).astype(np.int64)
+    m = correct.shape[1]
+    if m < 2:
+        raise ValueError(f"disagreement needs at least 2 members, got {m}")
+    right = correct.sum(1)
+    return right * (m - right) / (m * (m - 1) / 2)
+
+
 def oracle_accuracy(outputs: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of samples that at least one member classifies correctly."""
     return float(_correctness(outputs, labels).any(axis=1).mean())

@@ -345,6 +345,45 @@ def compare_soft_labels(soft_labels: ArrayLike, reference: ArrayLike) -> dict[st
     }
 
 
+def mean_probabilities(logits: ArrayLike) -> np.ndarray:
+    """(N, C) the ensemble's predictive distribution: the mean over members of each
+    member's softmax (eq. 6) of (N, M, C) logits, or the softmax of (N, C) logits.
+
+    Eq. (7) averages scores (logits) and takes the arg-max; this is the distribution the
+    probability average gives, which a negative log-likelihood needs."""
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 2:
+        z = z[:, None]
+    if z.ndim != 3:
+        raise ValueError(f"logits must be (N, M, C) or (N, C), got shape {z.shape}")
+    return torch.from_numpy(z).softmax(-1).mean(1).numpy()
+
+
+def mixture_nll(probs: ArrayLike, mixtures: ArrayLike, eps: float = 1e-12) -> np.ndarray:
+    """(N,) the negative log-likelihood of each sample's true mixture under the predicted
+    distribution, -sum_k m_k log p_k (nats): the cross-entropy of eq. (5) with the face's
+    own mixture in place of its class's soft label. Its minimum over p is the mixture's
+    entropy, reached at p = m; a one-hot prediction on the wrong emotion of a mixture is
+    penalised by -log eps."""
+    p, m = _matrix(probs, "probs"), _matrix(mixtures, "mixtures")
+    if p.shape != m.shape:
+        raise ValueError(f"probs and mixtures must have one shape, got {p.shape} and {m.shape}")
+    return -(m * np.log(np.clip(p, eps, None))).sum(1)
+
+
+def logit_spread(logits: ArrayLike) -> np.ndarray:
+    """(M,) each member's weight in eq. (7): the mean over samples of the standard deviation
+    of its C scores. At a member's optimum its scores are gamma log d + constant (eq. 4), so
+    the spread grows with gamma and an unweighted score average listens most to the members
+    trained at the largest gamma."""
+    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 3:
+        raise ValueError(f"logits must be (N, M, C), got shape {z.shape}")
+    return z.std(axis=2).mean(axis=0)
+
+
 def select_gammas(gammas: Sequence[float], accuracies: Sequence[float], n: int
                   ) -> tuple[float, ...]:
     """The ``n`` consecutive values of an ascending gamma grid with the highest mean

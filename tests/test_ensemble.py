@@ -309,3 +309,18 @@ def test_t2v_sweep_limits():
     assert table.iloc[2]["accuracy"] == float((paper == labels).double().mean())
     with pytest.raises(ValueError, match="ratios"):
         E.t2v_sweep(logits, labels, ratios=[-1.0])
+
+
+def test_disagreement_per_sample_by_hand_and_its_mean_is_the_pairwise_disagreement():
+    # Three members on four samples (labels 0): right/wrong patterns 111, 110, 100, 000.
+    preds = np.array([[0, 0, 0], [0, 0, 1], [0, 2, 1], [1, 1, 2]])
+    labels = np.zeros(4, dtype=int)
+    # Pairs with exactly one member right: 0 of 3, 2 of 3, 2 of 3, 0 of 3.
+    np.testing.assert_allclose(E.disagreement_per_sample(preds, labels), [0, 2 / 3, 2 / 3, 0])
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4, 5))
+    y = rng.integers(0, 5, 50)
+    assert E.disagreement_per_sample(logits, y).mean() == pytest.approx(
+        E.diversity(logits, y)["disagreement"])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        E.disagreement_per_sample(logits[:, :1], y)

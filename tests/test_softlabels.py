@@ -14,7 +14,8 @@ from fernb.models.members import Members
 from fernb.seeding import derive_seed, seeded
 from fernb.softlabels import (GAMMA_GRID, PAPER_SETTINGS, TABLE_1, TABLE_1_CLASSES, Violation,
                               class_means, compare_soft_labels, construct_soft_labels,
-                              diagonal_violations, normalize_rows, perturb, row_entropy,
+                              diagonal_violations, logit_spread, mean_probabilities,
+                              mixture_nll, normalize_rows, perturb, row_entropy,
                               restrict_soft_labels, select_gammas, soft_labels_from_model,
                               train_gamma_ensemble)
 from fernb.train import FitConfig, Schedule, fit, sgd
@@ -286,3 +287,36 @@ def test_restrict_soft_labels_to_another_datasets_classes_by_hand():
         restrict_soft_labels(d, ("a", "b", "c"), ("a", "contempt"))
     with pytest.raises(ValueError, match="4 classes were named"):
         restrict_soft_labels(d, ("a", "b", "c", "d"), ("a",))
+
+
+def test_mean_probabilities_average_each_members_softmax():
+    # Member 1 scores [0, log 3] -> [1/4, 3/4]; member 2 [0, 0] -> [1/2, 1/2]; mean [3/8, 5/8].
+    logits = np.array([[[0.0, math.log(3)], [0.0, 0.0]]])
+    np.testing.assert_allclose(mean_probabilities(logits), [[3 / 8, 5 / 8]])
+    np.testing.assert_allclose(mean_probabilities(logits[:, 0]), [[1 / 4, 3 / 4]])
+    with pytest.raises(ValueError, match="logits must be"):
+        mean_probabilities(np.zeros(3))
+
+
+def test_mixture_nll_by_hand_and_its_minimum_is_the_mixtures_entropy():
+    mixtures = np.array([[0.7, 0.3, 0.0], [1.0, 0.0, 0.0]])
+    probs = np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]])
+    # -(0.7 ln 0.5 + 0.3 ln 0.25) = 0.9011; -ln 0.5 = 0.6931.
+    np.testing.assert_allclose(mixture_nll(probs, mixtures), [0.901091, 0.693147], atol=1e-6)
+    np.testing.assert_allclose(mixture_nll(mixtures, mixtures), row_entropy(mixtures),
+                               atol=1e-9)
+    with pytest.raises(ValueError, match="one shape"):
+        mixture_nll(probs[:, :2], mixtures)
+
+
+def test_logit_spread_grows_with_gamma_at_a_members_optimum():
+    """At its optimum a member's scores are gamma log d + constant (eqs. 4-6): the spread of
+    eq. (7)'s scores is proportional to gamma, and the member's arg-max never changes."""
+    d = PAPER_TABLE_1
+    gammas = [0.5, 1.0, 2.0]
+    logits = np.stack([g * np.log(d) + 3.0 for g in gammas], axis=1)  # (C, M, C), faces = rows
+    spread = logit_spread(logits)
+    np.testing.assert_allclose(spread / spread[1], gammas)
+    assert (logits.argmax(-1) == np.arange(7)[:, None]).all()
+    np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1).numpy(),
+                               np.stack([perturb(d, g) for g in gammas], axis=1), atol=1e-12)

@@ -25,8 +25,7 @@ from fernb.models.members import Members
 from fernb.models.parts import (FeatureExtractor, PartNetwork, Standardize, expression_network,
                                 part_ensemble)
 from fernb.models.relevance import BaselineCNN, EBlock, FacialParts, RelevanceNet, Representation
-from fernb.models.sizes import scaled
-from fernb.models.softlabels import Network, VGGBase, VGGTop
+from fernb.models.softlabels import Network
 
 N_CLASSES = 3
 VGG_WIDTH = 0.0625
@@ -86,10 +85,6 @@ def _face_network() -> Network:
     return Network(vgg16(n_classes=N_CLASSES, width=VGG_WIDTH), face_input=True)
 
 
-def _vgg_top() -> VGGTop:
-    return VGGTop(_vgg())
-
-
 RELEVANCE = dict(image_size=48, width=0.125, hidden=(16, 16))
 LANDMARKS = ("landmark_head",)
 
@@ -118,10 +113,9 @@ MODELS: dict[str, ModelCase] = {
     "expression_network": ModelCase(expression_network, _expression_network, (3, 32, 32)),
     "expression_network-el": ModelCase(expression_network, _expression_ensemble, (3, 32, 32)),
     "members-member": ModelCase(Members.member, _one_member, (3, 32, 32)),
-    # Soft labels (Gan et al.): VGG16, with VGG-Face's input, and its top on block-4 features
+    # Soft labels (Gan et al.): VGG16, and VGG16 with VGG-Face's input
     "softlabels-network": ModelCase(Network, _plain_network, (3, 32, 32)),
     "softlabels-network-vggface": ModelCase(Network, _face_network, (3, 32, 32)),
-    "softlabels-vggtop": ModelCase(VGGTop, _vgg_top, (scaled(512, VGG_WIDTH), 4, 4)),
     # R18+FAML (Zhou et al.) and the backbones
     "r18_faml": _case(r18_faml, (3, 48, 48), width=0.125),
     "r18_faml-plain": _case(r18_faml, (3, 48, 48), width=0.125, fusion=False, attention=False),
@@ -136,4 +130,4 @@ MODELS: dict[str, ModelCase] = {
 
 COMPONENTS: tuple[Callable[..., nn.Module], ...] = (
     Branch, conv_block, FeatureExtractor, Standardize, AttentionBlock, FacialAreaFusion,
-    EBlock, Representation, FacialParts, VGGFaceInput, VGGBase)
+    EBlock, Representation, FacialParts, VGGFaceInput)
