@@ -19,8 +19,12 @@ from fernb.data.datasets import FaceDataset
 from fernb.params import ParameterError
 from fernb.store import Store
 from fernb.studies import faml as study
+from fernb.studies.faml import jobs as J
+from fernb.studies.faml import mechanism as M
 from fernb.studies.faml import protocol as P
+from fernb.studies.faml import saliency as S
 from fernb.studies.faml import tables as T
+from fernb.studies.faml import voting as V
 from fernb.verdicts import HOLDS, UNTESTABLE
 
 C = importlib.import_module("fernb.studies.faml.claims")  # the package's claims() shadows it
@@ -57,7 +61,7 @@ def test_t2v_weights_have_one_home() -> None:
     """alpha and beta are declared once, in the settings; no function of the study has its
     own default for them."""
     assert study.Settings().alpha == 1.9 and study.Settings().beta == 1.0
-    for module in (P, T, C):
+    for module in (J, P, T, V, M, S, C):
         for _, fn in inspect.getmembers(module, inspect.isfunction):
             if fn.__module__ != module.__name__:
                 continue
@@ -157,7 +161,7 @@ def test_changed_parameters_change_only_the_keys_they_touch(toy_plan) -> None:
 def test_one_face_per_sequence_keeps_a_peak_frame_and_a_neutral_face() -> None:
     from fernb.data.datasets import chapter_dataset
     data = chapter_dataset("synth-lab", size=48, n_subjects=3, seed=0)
-    keep = P.one_face_per_sequence(data)
+    keep = J.one_face_per_sequence(data)
     for subject in range(3):
         rows = data.subjects == subject
         sequences = np.unique(data.meta["sequence"][rows])
@@ -228,7 +232,7 @@ def test_ablation_tests_use_seeds_for_networks_and_images_for_ensembles() -> Non
 
 def test_rule_comparisons_are_clustered_by_image_not_pooled() -> None:
     results = _results()
-    test = T.pooled_rule_test(results, "NOI")
+    test = V.pooled_rule_test(results, "NOI")
     # Five basic-network-like ensembles of the same networks on 4 images: 4 units, not 20.
     assert test.n == 4
     # NOI is right on every image, T2V misses image 1.

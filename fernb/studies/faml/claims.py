@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from fernb.evaluate import TestResult, format_p, rank_correlation
+from fernb.studies.faml import mechanism as M
+from fernb.studies.faml import saliency as S
 from fernb.studies.faml import tables as T
+from fernb.studies.faml import voting as V
 from fernb.studies.faml.protocol import (CE, CONTROL, DEFAULT, FGA, LSR, MECHANISM, Results,
                                          plan)
 from fernb.studies.faml.settings import Settings
@@ -46,7 +49,7 @@ def _paired(values: np.ndarray, reference: float, unit: str) -> TestResult | Non
 def confidence_check(results: Results) -> Check:
     """The mechanism regime's own precondition: the CE members are more confident on their
     errors than the LSR members (paired over members, p < 0.05)."""
-    t = T.confidence_test(results)
+    t = M.confidence_test(results)
     if t is None:
         return condition(False, "fewer than two members make errors to compare confidence on")
     ok = t.significant() and t.estimate > 0
@@ -59,7 +62,7 @@ def claims(results: Results, evidence: pd.DataFrame | None = None) -> list[Claim
     """The paper's claims, each judged on this run (and the mechanism regime's)."""
     s, d = results.settings, results.default
     tests = T.ablation_tests(results)
-    t6 = T.table6(results)
+    t6 = V.table6(results)
     points = 100, "points"
     shares, uniform = T.second_place_shares(d, "FAML")
     found = [
@@ -85,20 +88,20 @@ def claims(results: Results, evidence: pd.DataFrame | None = None) -> list[Claim
         judge("FAML-FGA-T2V beats FAML-T2V", "Table 2", tests["fga_t2v"], expect="greater",
               requires=_learned(results, "FAML", FGA), scale=points[0], what=points[1]),
         judge("accuracy rises with the number of networks", "Table 4",
-              T.networks_test(results), expect="greater", requires=_learned(results, FGA),
+              V.networks_test(results), expect="greater", requires=_learned(results, FGA),
               scale=points[0], what=points[1]),
         judge_fact("Table 3's image: T2V decides Anger", "Table 3",
                    T.table3(s).loc["T2V", "first"] == "AN",
                    f"T2V scores {T.table3(s).loc['T2V', list(T.TABLE3_CLASSES)].tolist()}"),
     ]
-    basic = T.basic_networks(results)
+    basic = V.basic_networks(results)
     requires = _learned(results, *basic)
     for other, label in (("T1V", "bagging (T1V)"), ("NOI", "NOI")):
         found.append(judge(f"T2V beats {label} on the basic networks", "Table 6",
-                           T.pooled_rule_test(results, other), expect="greater",
+                           V.pooled_rule_test(results, other), expect="greater",
                            requires=requires, scale=points[0], what=points[1]))
     found.append(gain_claim(t6, requires))
-    recall = T.recalls(d, "R18")
+    recall = S.recalls(d, "R18")
     hard = list(recall.index[:2])
     wanted = {"disgust", "fear"}
     found.append(judge_fact(
@@ -108,7 +111,7 @@ def claims(results: Results, evidence: pd.DataFrame | None = None) -> list[Claim
                   condition(wanted <= set(d.classes), "the classes lack disgust or fear")]))
     if evidence is not None:
         found.append(judge("FAML's maps lie more on expression regions than R18's", "Fig. 8",
-                           T.evidence_test(evidence) if len(evidence) > 1 else None,
+                           S.evidence_test(evidence) if len(evidence) > 1 else None,
                            expect="greater", requires=_learned(results, "R18", "FAML"),
                            scale=1, what="of the map's mass"))
     return found + mechanism_claims(results)
@@ -117,7 +120,7 @@ def claims(results: Results, evidence: pd.DataFrame | None = None) -> list[Claim
 def gain_claim(t6: pd.DataFrame, requires: Sequence[Check]) -> Claim:
     """Fig. 7: T2V gains less on more accurate basic networks (a rank correlation over
     them, which needs at least :data:`RHO_POINTS` of them)."""
-    x, y = T.gain_points(t6)
+    x, y = V.gain_points(t6)
     units = enough_units(len(x), RHO_POINTS, "basic networks")
     result = rank_correlation(x, y, min_points=RHO_POINTS) if units.ok and \
         min(len(np.unique(x)), len(np.unique(y))) >= RHO_POINTS else None
@@ -128,7 +131,7 @@ def gain_claim(t6: pd.DataFrame, requires: Sequence[Check]) -> Claim:
 def mechanism_claims(results: Results) -> list[Claim]:
     """T2V's argument on the mechanism regime (Sec. 3.3): second places help where members'
     confidence misleads a softmax sum; with calibrated members they should not."""
-    tests = T.mechanism_tests(results)
+    tests = M.mechanism_tests(results)
     requires = [*_learned(results, CE, LSR, regime="mechanism"), confidence_check(results)]
     source = "Sec. 3.3 (mechanism)"
     return [
@@ -179,10 +182,10 @@ def measured(results: Results, claimed: Sequence[Claim]) -> dict[str, Any]:
              "gain_accuracy_correlation": "T2V gains less on more accurate basic networks",
              "t2v_noi_p": "T2V beats NOI on the basic networks"}
     values |= {key: by_claim[c] for key, c in gains.items()}
-    curve = T.by_networks(results).loc[f"{T.name(FGA)}-T2V"].dropna()
+    curve = V.by_networks(results).loc[f"{T.name(FGA)}-T2V"].dropna()
     values |= {f"networks_{k}": float(v) for k, v in curve.items() if 2 <= k <= 6}
-    t6 = T.table6(results)
-    requires = _learned(results, *T.basic_networks(results))
+    t6 = V.table6(results)
+    requires = _learned(results, *V.basic_networks(results))
     for row, key in T6_KEYS.items():
         if row not in t6.index:
             continue
@@ -193,7 +196,7 @@ def measured(results: Results, claimed: Sequence[Claim]) -> dict[str, Any]:
 
 
 def _row_claim(results: Results, row: str, requires: Sequence[Check]) -> Claim:
-    model = next(m for m in T.basic_networks(results) if T.name(m) == row)
+    model = next(m for m in V.basic_networks(results) if T.name(m) == row)
     d, rs = results.default, T.rules(results.settings)
     from fernb.evaluate import clustered_test
     test = clustered_test(T.ensembles(d, model, rs["T2V"]), T.ensembles(d, model, rs["NOI"]))
@@ -278,22 +281,22 @@ def highlights(results: Results, claimed: Sequence[Claim],
     out["loss_control"] = float(loss.loc[CONTROL].mean())
     out["fga_sentence"] = _fga_sentence(tests)
     # -- Table 4 and 6
-    nets = T.by_networks(results).loc[f"{T.name(FGA)}-T2V"].dropna()
+    nets = V.by_networks(results).loc[f"{T.name(FGA)}-T2V"].dropna()
     out["nets_first"] = float(nets.iloc[0])
     out["nets_last"] = float(nets.iloc[-1])
-    t6 = T.table6(results)
+    t6 = V.table6(results)
     out["t6_rows"] = len(t6)
     out["t6_t2v_noi_low"] = float(t6["T2V − NOI"].min())
     out["t6_t2v_noi_high"] = float(t6["T2V − NOI"].max())
     gains = t6[["T2V gain", "T1V gain", "NOI gain"]].to_numpy()
     out["gain_low"], out["gain_high"] = float(gains.min()), float(gains.max())
-    pooled = {other: T.pooled_rule_test(results, other) for other in ("T1V", "NOI")}
+    pooled = {other: V.pooled_rule_test(results, other) for other in ("T1V", "NOI")}
     for other, t in pooled.items():
         out[f"pooled_{other.lower()}_diff"] = _points(t)
         out[f"pooled_{other.lower()}_p"] = format_p(t.p)
         out[f"pooled_{other.lower()}_significance"] = _significance(t)
     out["pooled_images"] = pooled["NOI"].n
-    ties = T.ties(results)
+    ties = V.ties(results)
     out["ties_low"] = float(ties["T1V ties (% of images)"].min())
     out["ties_high"] = float(ties["T1V ties (% of images)"].max())
     out["tie_frequent"] = " and ".join(ties.attrs["frequent"])
@@ -302,9 +305,9 @@ def highlights(results: Results, claimed: Sequence[Claim],
     moved = ties["tie rule moves T1V (points)"]
     out["tie_moves_low"], out["tie_moves_high"] = float(moved.min()), float(moved.max())
     # -- alpha, beta
-    sweep = T.sweep(results)
+    sweep = V.sweep(results)
     ratio = min(sweep.index, key=lambda r: abs(r - s.beta / s.alpha))
-    out["regime"] = T.regime_of(s)
+    out["regime"] = V.regime_of(s)
     out["sweep_ratio"] = ratio
     out["sweep_acc"] = float(sweep.loc[ratio, "accuracy"])
     out["sweep_t1v"] = float(sweep.loc[ratio, "T1V"])
@@ -320,7 +323,7 @@ def highlights(results: Results, claimed: Sequence[Claim],
     out["mech_half"] = int(m.train_counts.sum())
     out["mech_classes"] = len(m.classes)
     out["mech_majority"] = 100 * m.majority
-    mt = T.mechanism_table(results)
+    mt = M.mechanism_table(results)
     for model in (CE, LSR):
         k = model.lower()
         out[f"mech_{k}_acc"] = float(mt.loc[model, "member accuracy (%)"])
@@ -328,7 +331,7 @@ def highlights(results: Results, claimed: Sequence[Claim],
         out[f"mech_{k}_conf_err"] = float(mt.loc[model, "confidence on errors"])
         out[f"mech_{k}_spread"] = float(mt.loc[model, "confidence spread"])
         out[f"mech_{k}_err2"] = float(mt.loc[model, "errors ranked 2nd (%)"])
-    mtests = T.mechanism_tests(results)
+    mtests = M.mechanism_tests(results)
     for key, t in mtests.items():
         out[f"mech_{key}_diff"] = _points(t)
         out[f"mech_{key}_p"] = format_p(t.p)
@@ -341,7 +344,7 @@ def highlights(results: Results, claimed: Sequence[Claim],
     out["mech_holds"] = _verdict_count(mclaims, HOLDS)
     out["mech_claims"] = len(mclaims)
     # -- Fig. 5, 8
-    recall = T.recalls(d, "R18")
+    recall = S.recalls(d, "R18")
     out["hard_classes"] = f"{recall.index[0]} and {recall.index[1]}"
     if evidence is not None and len(evidence):
         out["evidence_images"] = len(evidence)
