@@ -4,7 +4,7 @@ VENV ?= .venv
 PROFILE ?= cpu
 BIN := $(VENV)/bin
 
-.PHONY: setup test book book-student bench lock clean
+.PHONY: setup test book book-student course bench lock clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ book: setup
 
 book-student: setup
 	$(BIN)/fernb student-book
+
+# The course's two releases (fernb.course): the student's, checked for any solution's text,
+# and the instructor's; each holds its book's HTML when `make book book-student` built it.
+course: setup
+	$(BIN)/fernb course build --student _build/course/student
+	$(BIN)/fernb course build --instructor _build/course/instructor
 
 bench: setup
 	$(BIN)/python benchmarks/bench_train.py

@@ -1,4 +1,5 @@
-"""The ``fernb`` command: ``book``, ``run``, ``params``, ``student-book`` and ``data``."""
+"""The ``fernb`` command: ``book``, ``run``, ``params``, ``student-book``, ``course`` and
+``data``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,86 @@ def _cmd_student_book(args: argparse.Namespace) -> int:
     from fernb import runner
     html = runner.build_student_book()
     print(f"student book (no solutions): {html / 'index.html'}")
+    return 0
+
+
+def _cmd_course_build(args: argparse.Namespace) -> int:
+    from fernb.course import release
+    if args.student:
+        launch_from = (args.launch_from, args.branch) if args.launch_from else None
+        built = release.build_student(args.student, launch_from=launch_from)
+        leaks = release.find_leaks(built.folder)
+        if leaks:
+            raise RuntimeError("the student release holds solutions:\n"
+                               + "\n".join(map(str, leaks)))
+    else:
+        built = release.build_instructor(args.instructor)
+    print(built)
+    return 0
+
+
+def _cmd_course_check(args: argparse.Namespace) -> int:
+    from fernb.course import release
+    leaks = release.find_leaks(args.folder)
+    for leak in leaks:
+        print(f"leak: {leak}")
+    print(f"{args.folder}: {len(leaks)} solution(s) found in "
+          f"{len({leak.file for leak in leaks})} file(s)")
+    return 1 if leaks else 0
+
+
+def _cmd_course_grade(args: argparse.Namespace) -> int:
+    from fernb.chapters import project_root
+    from fernb.course import grade
+    from fernb.course.schedule import EXERCISES_DIR
+    sources = args.source or project_root() / EXERCISES_DIR
+    grades = grade.grade_all(args.submission, sources, args.out, timeout=args.timeout)
+    if args.out:
+        print(f"graded {len(grades)} notebook(s): {args.out / 'grades.csv'}")
+    return 0
+
+
+def _cmd_course_install_cell(args: argparse.Namespace) -> int:
+    import nbformat
+
+    from fernb import chapters
+    from fernb.course import launch, release
+    root = chapters.project_root()
+    paths = [chapters.resolve_notebook(n, root) for n in args.notebook]
+    if args.all:
+        paths += [*release.chapter_paths(root), *release.exercise_paths(root)]
+    if not paths:
+        raise ValueError("name notebooks, or give --all for every chapter and exercise")
+    stale = []
+    for path in paths:
+        if args.check:
+            if not launch.has_current_install_cell(nbformat.read(path, as_version=4), root):
+                stale.append(path)
+        else:
+            changed = launch.insert_install_cell(path, root)
+            print(f"{path.name}: install cell {'written' if changed else 'already current'}")
+    for path in stale:
+        print(f"{path.name}: no current install cell (fernb course install-cell {path})")
+    return 1 if stale else 0
+
+
+def _cmd_course_page(args: argparse.Namespace) -> int:
+    from fernb.course import schedule
+    if args.write:
+        changed = schedule.write_course_page()
+        print(f"book/course.md: tables {'rewritten' if changed else 'already current'}")
+    else:
+        print(schedule.course_page())
+    return 0
+
+
+def _cmd_course_links(args: argparse.Namespace) -> int:
+    from fernb.chapters import project_root
+    from fernb.course import launch, release
+    root = project_root()
+    paths = [str(p.relative_to(root)) for p in
+             [*release.chapter_paths(root), *release.exercise_paths(root)]]
+    print(launch.launch_table(paths, root))
     return 0
 
 
@@ -131,6 +212,48 @@ def build_parser() -> argparse.ArgumentParser:
                              "chapters `fernb book` ran (_build/student)")
     student.set_defaults(func=_cmd_student_book)
 
+    course = sub.add_parser("course", help="the course edition: releases, grading, install "
+                            "cell, syllabus")
+    csub = course.add_subparsers(dest="course_command", required=True)
+    build = csub.add_parser("build", help="build the student release (exercises with blanks "
+                            "and visible tests, chapters without solutions, the student book's "
+                            "HTML if built, the course page; checked for solutions) or the "
+                            "instructor release (solutions, hidden tests, grading, links)")
+    edition = build.add_mutually_exclusive_group(required=True)
+    edition.add_argument("--student", type=Path, metavar="OUT")
+    edition.add_argument("--instructor", type=Path, metavar="OUT")
+    build.add_argument("--launch-from", metavar="URL", help="the GitHub repository the course "
+                       "publishes the student release in: LAUNCH.md links its notebooks to "
+                       "Colab and Kaggle")
+    build.add_argument("--branch", default="main", help="that repository's branch (main)")
+    build.set_defaults(func=_cmd_course_build)
+    check = csub.add_parser("check", help="look for every solution's text in a folder (a "
+                            "student release); exit 1 on a hit")
+    check.add_argument("folder", type=Path)
+    check.set_defaults(func=_cmd_course_check)
+    grade = csub.add_parser("grade", help="grade submitted exercise notebooks with the "
+                            "hidden tests put back (runs the students' code)")
+    grade.add_argument("submission", nargs="+", type=Path,
+                       help="notebooks, or folders searched for them")
+    grade.add_argument("--source", type=Path, help="the exercises with solutions and hidden "
+                       "tests (default notebooks/exercises; an instructor release's source/)")
+    grade.add_argument("--out", type=Path, help="write each graded notebook and grades.csv "
+                       "here")
+    grade.add_argument("--timeout", type=int, default=600, help="per-cell timeout, seconds")
+    grade.set_defaults(func=_cmd_course_grade)
+    install = csub.add_parser("install-cell", help="make a notebook's first code cell the one "
+                              "that installs fernb where it is missing (Colab, Kaggle)")
+    install.add_argument("notebook", nargs="*", help="chapter names or notebook paths")
+    install.add_argument("--all", action="store_true", help="every chapter and exercise")
+    install.add_argument("--check", action="store_true", help="only report notebooks "
+                         "without the current cell (exit 1)")
+    install.set_defaults(func=_cmd_course_install_cell)
+    page = csub.add_parser("page", help="book/course.md with its tables from fernb.course")
+    page.add_argument("--write", action="store_true", help="rewrite the tables in place")
+    page.set_defaults(func=_cmd_course_page)
+    csub.add_parser("links", help="Colab and Kaggle links of every chapter and exercise"
+                    ).set_defaults(func=_cmd_course_links)
+
     data = sub.add_parser("data", help="synthetic data export and dataset checks")
     dsub = data.add_subparsers(dest="data_command", required=True)
     synth = dsub.add_parser("synth", help="export a synthetic set in the `folder` layout (PNG "
@@ -170,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunInterrupted, KeyboardInterrupt):
         print("fernb: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ParameterError, ResultsBusy, FileNotFoundError, KeyError,
+    except (ParameterError, ResultsBusy, FileNotFoundError, FileExistsError, KeyError,
             ValueError) as err:
         print(f"fernb: error: {err}", file=sys.stderr)
         return 2

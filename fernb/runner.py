@@ -37,6 +37,7 @@ import fernb
 from fernb.io import atomic_write_json, atomic_write_text, read_json
 from fernb.chapters import (notebook_names, prepare, project_root, resolve_notebook,
                             settings_of, validate_profile)
+from fernb.course.release import publish_book_pages
 from fernb.errors import NotebookError, ParameterError, ResultsBusy, RunInterrupted
 
 REMOVE_INPUT_TAGS = ("parameters", "injected-parameters")
@@ -262,17 +263,14 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     output = Path(notebook_dir or results_dir) / f"{stem}.ipynb"
     scratch = results_dir / f".{stem}.running.ipynb"
     failed = results_dir / "failed.ipynb"
-    env_backup = os.environ.pop("MPLBACKEND", None)  # Agg would make glued figures vanish
-    path_backup = os.environ.get("PATH", "")
-    # The kernel is this environment's python3, whatever the caller's PATH says.
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_backup])
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(path), str(scratch), parameters={**params, **reserved},
-            kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
-            progress_bar=progress, request_save_on_cell_execute=False,
-            extra_arguments=KERNEL_ARGUMENTS)
+        with kernel_environment():
+            papermill.execute_notebook(
+                str(path), str(scratch), parameters={**params, **reserved},
+                kernel_name="python3", cwd=str(path.parent), execution_timeout=timeout,
+                progress_bar=progress, request_save_on_cell_execute=False,
+                extra_arguments=KERNEL_ARGUMENTS)
     except KeyboardInterrupt:
         _keep(scratch, failed)
         raise RunInterrupted(f"{stem} interrupted; rerun the same command to resume") from None
@@ -286,10 +284,6 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     except Exception as err:  # a cell timeout or a dead kernel
         _keep(scratch, failed)
         raise NotebookError(f"notebook {stem} failed: {type(err).__name__}: {err}") from err
-    finally:
-        os.environ["PATH"] = path_backup
-        if env_backup is not None:
-            os.environ["MPLBACKEND"] = env_backup
     seconds = time.perf_counter() - start
     nb = nbformat.read(scratch, as_version=4)
     warnings = tuple(stderr_outputs(nb))
@@ -308,6 +302,21 @@ def _execute(path: Path, params: dict[str, Any], effective: dict[str, Any],
     scratch.unlink()
     failed.unlink(missing_ok=True)
     return RunResult(stem, output, results_dir, params, seconds, warnings)
+
+
+@contextmanager
+def kernel_environment() -> Iterator[None]:
+    """While a kernel starts and runs: the ``python3`` kernel is this environment's, whatever
+    the caller's PATH says, and MPLBACKEND is unset (Agg would make glued figures vanish)."""
+    env_backup = os.environ.pop("MPLBACKEND", None)
+    path_backup = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path_backup])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path_backup
+        if env_backup is not None:
+            os.environ["MPLBACKEND"] = env_backup
 
 
 def _keep(scratch: Path, failed: Path) -> None:
@@ -361,6 +370,7 @@ def build_student_book(root: Path | None = None) -> Path:
     atomic_write_text(config, yaml.safe_dump(
         student_config(yaml.safe_load((root / "_config.yml").read_text())), sort_keys=False))
     with hold(generated, "the book"):
+        publish_book_pages(root)
         build_book(root, config=config, output=root / "_build" / "student")
     return root / "_build" / "student" / "_build" / "html"
 
@@ -383,6 +393,7 @@ def run_book(*, profile: str = "cpu", only: list[str] | None = None, build: bool
     generated = root / "book" / "_generated"
     results, failures = [], []
     with hold(generated, "the book"):
+        publish_book_pages(root)
         for n in names:
             print(f"[fernb] running {n} with profile {profile!r}", file=sys.stderr)
             try:
