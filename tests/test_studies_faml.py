@@ -16,6 +16,7 @@ import pytest
 from scipy import stats
 
 from fernb.data.datasets import FaceDataset
+from fernb.device import computed_precision
 from fernb.params import ParameterError
 from fernb.store import Store
 from fernb.studies import faml as study
@@ -143,6 +144,21 @@ def test_mechanism_members_differ_by_their_loss_only(toy_plan) -> None:
         assert spec_a == spec_b
         halves.add(a.spec["faces"].half)
     assert len(halves) == len(ce)  # every member has its own half
+
+
+def test_the_device_is_a_runtime_not_part_of_any_key(toy_plan) -> None:
+    """A network trained on one device is reused on another where the precision it runs in
+    is the same: the device travels in the job's runtime, the resolved precision in its
+    spec."""
+    settings = toy_plan.settings
+    for job in toy_plan.jobs():
+        assert job.runtime == {"device": settings.device}
+        assert "device" not in job.spec and "device" not in repr(job.spec)
+    elsewhere = replace(settings, device="auto")
+    if computed_precision(elsewhere.precision, "auto") != computed_precision(
+            settings.precision, settings.device):
+        pytest.skip("this machine's default device runs in another precision")
+    assert [j.key for j in study.plan(elsewhere).jobs()] == [j.key for j in toy_plan.jobs()]
 
 
 def test_changed_parameters_change_only_the_keys_they_touch(toy_plan) -> None:

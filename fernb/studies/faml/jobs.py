@@ -129,15 +129,16 @@ class Loss:
 @dataclass(frozen=True)
 class Recipe:
     """How a network trains: Adam through the paper's two phases (``phases``), or at ``lr``
-    with cosine annealing for ``epochs`` (``phases`` None)."""
+    with cosine annealing for ``epochs`` (``phases`` None), in ``precision`` (the name it
+    resolves to, :func:`fernb.device.computed_precision`: the device is the job's runtime,
+    not part of what it computes)."""
 
     lr: float
     epochs: int = 1
     phases: TwoPhase | None = None
     batch_size: int = 64
     augment: str = "flip"
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = "fp32"
 
 
 def _start_weights(start: str, store: Store, needs: Sequence[Job]) -> str | None:
@@ -163,16 +164,17 @@ def build_network(spec: Mapping[str, Any], store: Store, needs: Sequence[Job]) -
         return build()
 
 
-def _train(net: nn.Module, spec: Mapping[str, Any], entry: Entry) -> dict[str, Any]:
-    """Train ``net`` by ``spec``'s recipe, store its weights, test logits and history, and
-    return the summary the store keeps (training loss, phases, test accuracy)."""
+def _train(net: nn.Module, spec: Mapping[str, Any], entry: Entry, device: str
+           ) -> dict[str, Any]:
+    """Train ``net`` by ``spec``'s recipe on ``device``, store its weights, test logits and
+    history, and return the summary the store keeps (training loss, phases, test accuracy)."""
     train, test = spec["faces"].load()
     recipe: Recipe = spec["recipe"]
     augment = None if recipe.augment == "none" else BatchAugmentation(recipe.augment,
                                                                       train.image_size[0])
     config = FitConfig(epochs=recipe.epochs, optimizer=adam(recipe.lr),
                        loss=spec["loss"].build(train.labels, train.n_classes),
-                       batch_size=recipe.batch_size, augment=augment, device=recipe.device,
+                       batch_size=recipe.batch_size, augment=augment, device=device,
                        precision=recipe.precision, seed=spec["seed"])
     if recipe.phases is not None:
         run = train_two_phase(net, train, None, config, phases=recipe.phases,
@@ -186,7 +188,7 @@ def _train(net: nn.Module, spec: Mapping[str, Any], entry: Entry) -> dict[str, A
         frame = history.to_frame()
         loss = float(frame["train_loss"].iloc[-3:].mean())
         phases = {}
-    logits = predict(net, test, device=recipe.device, precision=recipe.precision).numpy()
+    logits = predict(net, test, device=device, precision=recipe.precision).numpy()
     entry.save_state("weights", net.state_dict())
     entry.save_arrays("test", logits=logits, labels=test.labels)
     entry.save_frame("history", frame.reset_index())
@@ -197,7 +199,8 @@ def _train(net: nn.Module, spec: Mapping[str, Any], entry: Entry) -> dict[str, A
 
 def train_network(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     """A stored job: one network from its start."""
-    return _train(build_network(job.spec, store, job.needs), job.spec, entry)
+    return _train(build_network(job.spec, store, job.needs), job.spec, entry,
+                  job.runtime.get("device", "auto"))
 
 
 def load_network(job: Job, store: Store) -> nn.Module:
@@ -226,13 +229,13 @@ def train_child(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     child = copy.deepcopy(nets[draw.main])
     if spec["fused"]:
         child.load_state_dict(fuse_kernels(nets, main=draw.main))
-    summary = _train(child, spec, entry)
+    summary = _train(child, spec, entry, job.runtime.get("device", "auto"))
     return {**summary, "parents": list(draw.parents), "main_parent": draw.main_parent}
 
 
 def pretrain(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     """A stored job: the shared start, an architecture pre-trained on synth-lab."""
-    spec = job.spec
+    spec, device = job.spec, job.runtime.get("device", "auto")
     train, test = spec["faces"].load()
     net: Net = spec["net"]
     with seeded(spec["seed"], "init"):
@@ -243,9 +246,9 @@ def pretrain(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
         epochs=spec["epochs"], optimizer=sgd(spec["lr"], weight_decay=5e-4),
         batch_size=spec["batch_size"],
         schedule=Schedule("CosineAnnealingLR", T_max=spec["epochs"]), augment=augment,
-        device=spec["device"], precision=spec["precision"], seed=spec["seed"]),
+        device=device, precision=spec["precision"], seed=spec["seed"]),
         checkpoint=entry.checkpoint)
-    logits = predict(model, test, device=spec["device"], precision=spec["precision"]).numpy()
+    logits = predict(model, test, device=device, precision=spec["precision"]).numpy()
     torch_net = model.net  # the torchvision network: its state dict is a weights file
     entry.save_state("start", torch_net.state_dict())
     entry.save_arrays("test", logits=logits, labels=test.labels)

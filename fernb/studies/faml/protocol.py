@@ -40,6 +40,7 @@ import pandas as pd
 from torch import nn
 
 from fernb.data.datasets import DataSpec, FaceDataset
+from fernb.device import computed_precision
 from fernb.fga import TwoPhase
 from fernb.seeding import derive_seed
 from fernb.store import Job, Store
@@ -104,10 +105,10 @@ def _pretrain_job(arch: str, s: Settings) -> Job:
                   seed=s.seed)
     spec = {"faces": faces, "net": Net(arch, width=s.width, n_classes=n_classes(faces.data)),
             "epochs": s.pretrain_epochs, "lr": s.pretrain_lr, "batch_size": s.batch_size,
-            "augment": s.augment, "precision": s.precision, "device": s.device,
+            "augment": s.augment, "precision": computed_precision(s.precision, s.device),
             "seed": derive_seed(s.seed, "pretrain", arch)}
     return Job("faml.pretrain", spec, pretrain, label=f"{arch} pre-trained on synth-lab",
-               version=VERSION)
+               version=VERSION, runtime={"device": s.device})
 
 
 def plan(s: Settings) -> Plan:
@@ -128,7 +129,7 @@ def plan(s: Settings) -> Plan:
     faces = Faces(data_spec(s), seed=s.seed)
     classes = n_classes(faces.data)
     recipe = Recipe(lr=s.lr1, phases=phases(s), batch_size=s.batch_size, augment=s.augment,
-                    precision=s.precision, device=s.device)
+                    precision=computed_precision(s.precision, s.device))
     nets = {"R18": Net(width=s.width, n_classes=classes),
             "R18+FA": Net(fusion=True, attention=True, width=s.width, n_classes=classes),
             "FAML": Net(fusion=True, attention=True, width=s.width, n_classes=classes),
@@ -147,7 +148,7 @@ def plan(s: Settings) -> Plan:
                         "seed": derive_seed(s.seed, DEFAULT, model, r, k)}
                 jobs.append(Job("faml.network", spec, train_network, needs,
                                 label=f"{model} network {k} (replicate {r + 1})",
-                                version=VERSION))
+                                version=VERSION, runtime={"device": s.device}))
             out.networks[(DEFAULT, model, r)] = jobs
         population = out.networks[(DEFAULT, "FAML", r)]
         for g in range(1, s.fga_generations + 1):
@@ -162,7 +163,7 @@ def plan(s: Settings) -> Plan:
                     children[name].append(Job(
                         "faml.fga", spec, train_child, tuple(population),
                         label=f"{name} network {i + 1} (generation {g}, replicate {r + 1})",
-                        version=VERSION))
+                        version=VERSION, runtime={"device": s.device}))
             population = children[FGA]
         out.networks[(DEFAULT, FGA, r)] = children[FGA]
         out.networks[(DEFAULT, CONTROL, r)] = children[CONTROL]
@@ -175,7 +176,7 @@ def _mechanism(out: Plan, s: Settings, where: str, needs: tuple[Job, ...]) -> No
     data = mechanism_spec(s)
     net = Net(width=s.width, n_classes=n_classes(data))
     recipe = Recipe(lr=s.lr1, epochs=s.mechanism_epochs, batch_size=s.batch_size,
-                    augment=s.augment, precision=s.precision, device=s.device)
+                    augment=s.augment, precision=computed_precision(s.precision, s.device))
     for name, loss in ((CE, Loss(0.0)), (LSR, Loss(1.0, s.mechanism_epsilon))):
         jobs = []
         for k in range(1, s.mechanism_networks + 1):
@@ -185,7 +186,8 @@ def _mechanism(out: Plan, s: Settings, where: str, needs: tuple[Job, ...]) -> No
                     "start_seed": derive_seed(s.seed, "start", "R18"),
                     "seed": derive_seed(s.seed, MECHANISM, k)}  # the same for CE and LSR
             jobs.append(Job("faml.network", spec, train_network, needs,
-                            label=f"{name} member {k}", version=VERSION))
+                            label=f"{name} member {k}", version=VERSION,
+                            runtime={"device": s.device}))
         out.networks[(MECHANISM, name, 0)] = jobs
 
 
