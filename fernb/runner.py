@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,27 +59,31 @@ def _jsonable(params: dict[str, Any]) -> Any:
     return json.loads(json.dumps(params, default=str))
 
 
-def _set_aside(results_dir: Path, stored: dict[str, Any]) -> Path:
-    """Move a run made with other parameters to ``NAME@<digest>`` (``@<digest>.2``... when
-    that name is taken: an older copy is never replaced)."""
-    base = f"{results_dir.name}@{stored.get('digest', 'previous')}"
-    target, n = results_dir.with_name(base), 1
-    while target.exists():
-        n += 1
-        target = results_dir.with_name(f"{base}.{n}")
-    results_dir.rename(target)
-    return target
+OUTPUTS = ("metrics.json", "tables", "figures", "failed.ipynb")
+
+
+def _clear_outputs(results_dir: Path, stem: str) -> None:
+    """Remove a previous run's tables, figures, metrics and notebooks (and nothing else the
+    folder holds): the folder then shows exactly this run. Trained models are not here but in
+    the run store, so rebuilding the outputs of earlier settings takes one rerun."""
+    for name in (*OUTPUTS, f"{stem}.ipynb"):
+        target = results_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _prepare_results_dir(results_dir: Path, params: dict[str, Any], profile: str,
                          stem: str) -> dict[str, Any]:
-    """Never silently overwrite a run made with other parameters (the notebook's defaults
-    included): move it aside, versioned. Returns the new ``run.json`` record."""
+    """Clear the previous run's outputs (saying so when its parameters differed) and return
+    the new ``run.json`` record."""
     stored = read_json(results_dir / "run.json")
     if stored is not None and stored.get("parameters") != _jsonable(params):
-        kept = _set_aside(results_dir, stored)
-        print(f"[fernb] parameters changed: the previous run of {results_dir.name} is kept "
-              f"at {kept}", file=sys.stderr)
+        print(f"[fernb] parameters changed: {results_dir} now shows this run; models trained "
+              f"before stay in the run store and are reused where their settings match",
+              file=sys.stderr)
+    _clear_outputs(results_dir, stem)
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {"notebook": stem, "profile": profile, "parameters": _jsonable(params),
               "digest": _digest(params), "status": "running", "pid": os.getpid(),

@@ -94,7 +94,7 @@ def test_unknown_profile_and_notebook(project: Path) -> None:
 
 
 @pytest.mark.notebook
-def test_run_writes_outputs_and_versions_on_parameter_change(project: Path, capsys) -> None:
+def test_run_writes_outputs_and_shows_only_the_latest_run(project: Path, capsys) -> None:
     result = runner.run_notebook("00_demo", profile="smoke", root=project, progress=False)
     out = project / "results" / "smoke" / "00_demo"
     assert json.loads((out / "metrics.json").read_text()) == {"epochs": 1, "lr": 0.1}
@@ -113,19 +113,21 @@ def test_run_writes_outputs_and_versions_on_parameter_change(project: Path, caps
     assert nb.cells[1].metadata["tags"] == ["provenance"]
     assert "**smoke** profile" in line and "`epochs=1`" in line and "torch" in line
 
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "stale.png").write_bytes(b"from an earlier run")
+    (out / "notes.txt").write_text("the reader's own file")
     runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 5}, root=project,
                         progress=False)
-    previous = out.with_name(f"00_demo@{run['digest']}")
-    assert json.loads((previous / "metrics.json").read_text())["epochs"] == 1
+    # The folder shows exactly the latest run: nothing of the previous one is left to be
+    # mistaken for it, and files that are not a run's outputs are kept.
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 5
-    # Back to epochs=1 and on to epochs=5 again: the first copy set aside is never replaced.
-    runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 1}, root=project,
-                        progress=False)
+    assert not (out / "figures" / "stale.png").exists()
+    assert (out / "notes.txt").read_text() == "the reader's own file"
+    assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] == ["00_demo"]
+    assert "now shows this run" in capsys.readouterr().err
     runner.run_notebook("00_demo", profile="smoke", overrides={"epochs": 5}, root=project,
                         progress=False)
-    assert (previous.with_name(previous.name + ".2") / "metrics.json").exists()
-    assert json.loads((previous / "metrics.json").read_text())["epochs"] == 1
-    assert "is kept at" in capsys.readouterr().err
+    assert "parameters changed" not in capsys.readouterr().err
 
 
 @pytest.mark.notebook

@@ -227,6 +227,26 @@ def _solution_spans(markdown: str) -> list[tuple[int, int]]:
     return spans
 
 
+def directives(markdown: str, name: str) -> list[str]:
+    """The text of every top-level ``{name}`` directive (e.g. ``exercise``) in Markdown,
+    the directives nested inside it included."""
+    lines = markdown.split("\n")
+    found, i = [], 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence = m["fence"]
+        closing = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        stop = next((j + 1 for j in range(i + 1, len(lines)) if closing.match(lines[j])),
+                    len(lines))
+        if m["name"] == name:
+            found.append("\n".join(lines[i:stop]))
+        i = stop
+    return found
+
+
 def solution_directives(markdown: str) -> list[str]:
     """The text of every solution directive in a chapter's Markdown."""
     lines = markdown.split("\n")
