@@ -247,6 +247,28 @@ class TopTwoVote(DecisionRule):
         return f"TopTwoVote(alpha={self.alpha}, beta={self.beta})"
 
 
+def tied_top(scores: ArrayLike) -> torch.Tensor:
+    """(B, C) mask of the classes whose score equals the row's maximum: more than one where a
+    rule is tied (e.g. T1V's 3 : 3 on Zhou's Table 3) and its tie-break decides."""
+    s = torch.as_tensor(to_numpy(scores))
+    if s.ndim != 2:
+        raise ValueError(f"scores must be (batch, classes), got shape {tuple(s.shape)}")
+    return s == s.max(dim=1, keepdim=True).values
+
+
+def random_tie_accuracy(scores: ArrayLike, labels: ArrayLike) -> float:
+    """The expected accuracy of a rule whose ties are broken uniformly at random instead of
+    towards the lowest class index: an image counts 1 / k when its label is one of its k
+    tied top classes. Compare with the accuracy of ``scores.argmax(1)`` to see how much the
+    tie-break moves a rule."""
+    top = tied_top(scores)
+    y = torch.as_tensor(to_numpy(labels).reshape(-1), dtype=torch.long)
+    if len(y) != len(top):
+        raise ValueError(f"{len(top)} rows of scores but {len(y)} labels")
+    hit = top.gather(1, y.view(-1, 1))[:, 0].double()
+    return float((hit / top.sum(dim=1)).mean())
+
+
 def get_rule(rule: str | DecisionRule) -> DecisionRule:
     """A rule instance from a :data:`RULES` name or the instance itself."""
     if isinstance(rule, DecisionRule):

@@ -214,6 +214,45 @@ def selection_probabilities(losses: Sequence[float], *, selection: str = "invers
     return fitness / fitness.sum()
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One fused child's parents (indices into the population, ascending) and ``main``, the
+    index *within* ``parents`` of the parent with the lowest training loss, whose other
+    tensors the child keeps (:func:`fuse_kernels`)."""
+
+    parents: tuple[int, ...]
+    main: int
+
+    @property
+    def main_parent(self) -> int:
+        """The main parent as an index into the population."""
+        return self.parents[self.main]
+
+
+def draw_parents(losses: Sequence[float], n_children: int, *, n_parents: int = 2,
+                 selection: str = "inverse", temperature: float = 1.0,
+                 seed: int = 0) -> list[Draw]:
+    """The parents of each of ``n_children`` fused children (Algorithm 1, lines 3-4): for
+    each child ``n_parents`` distinct networks drawn with :func:`selection_probabilities`
+    of their training ``losses``, by a generator seeded with ``seed``, child after child.
+    Child i's draw depends only on the losses, ``seed`` and i, so a stored child (or its
+    control, the same main parent trained on without fusion) can be made in any process."""
+    if not 2 <= n_parents <= len(losses):
+        raise ValueError(f"n_parents must lie in [2, {len(losses)}] (the population), got "
+                         f"{n_parents}")
+    if n_children < 1:
+        raise ValueError(f"n_children must be >= 1, got {n_children}")
+    p = selection_probabilities(losses, selection=selection, temperature=temperature)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_children):
+        parents = tuple(sorted(int(j) for j in rng.choice(len(losses), size=n_parents,
+                                                          replace=False, p=p)))
+        main = min(range(n_parents), key=lambda j: losses[parents[j]])
+        draws.append(Draw(parents, main))
+    return draws
+
+
 def fuse_kernels(parents: Sequence[nn.Module], *, main: int = 0, fuse: str = "conv"
                  ) -> dict[str, torch.Tensor]:
     """State dict of a fused network (eq. 9): every convolution's weight and bias the mean of
@@ -317,18 +356,16 @@ def fga(networks: Sequence[nn.Module], losses: Sequence[float], *,
              "loss": v} for i, v in enumerate(fitness)]
     history = []
     for g in range(1, generations + 1):
-        p = selection_probabilities(fitness, selection=selection, temperature=temperature)
-        history.append(p)
-        rng = np.random.default_rng(derive_seed(seed, "fga", g))
+        history.append(selection_probabilities(fitness, selection=selection,
+                                               temperature=temperature))
+        draws = draw_parents(fitness, n_fused, n_parents=n_parents, selection=selection,
+                             temperature=temperature, seed=derive_seed(seed, "fga", g))
         children = []
-        for i in range(1, n_fused + 1):
-            chosen = rng.choice(len(population), size=n_parents, replace=False, p=p)
-            parents = tuple(sorted(int(j) for j in chosen))
-            main = min(range(n_parents), key=lambda j: fitness[parents[j]])
-            child = copy.deepcopy(population[parents[main]])
-            child.load_state_dict(fuse_kernels([population[j] for j in parents], main=main,
-                                               fuse=fuse))
-            children.append((f"g{g}_fused{i}", "fused", parents, child))
+        for i, draw in enumerate(draws, start=1):
+            child = copy.deepcopy(population[draw.main_parent])
+            child.load_state_dict(fuse_kernels([population[j] for j in draw.parents],
+                                               main=draw.main, fuse=fuse))
+            children.append((f"g{g}_fused{i}", "fused", draw.parents, child))
         for k in range(1, n_new + 1):
             with seeded(seed, "fga", g, k):
                 children.append((f"g{g}_new{k}", "new", (), builder()))

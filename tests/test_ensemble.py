@@ -324,3 +324,21 @@ def test_disagreement_per_sample_by_hand_and_its_mean_is_the_pairwise_disagreeme
         E.diversity(logits, y)["disagreement"])
     with pytest.raises(ValueError, match="at least 2 members"):
         E.disagreement_per_sample(logits[:, :1], y)
+
+
+def test_tied_top_and_random_tie_accuracy_hand_computed():
+    # Image 0: T1V tied 3 : 3 between classes 0 and 3 (Table 3); image 1: a clear winner;
+    # image 2: three classes tied.
+    scores = torch.tensor([[3.0, 0, 0, 3, 0, 0, 0], [1, 4, 1, 0, 0, 0, 0],
+                           [2, 2, 2, 0, 0, 0, 0]])
+    top = E.tied_top(scores)
+    assert top.sum(1).tolist() == [2, 1, 3]
+    labels = [3, 1, 0]
+    # Lowest index: image 0 goes to class 0 (wrong), image 2 to class 0 (right): 2 of 3.
+    assert (scores.argmax(1).numpy() == labels).mean() == pytest.approx(2 / 3)
+    # At random: 1/2 + 1 + 1/3 over 3 images.
+    assert E.random_tie_accuracy(scores, labels) == pytest.approx((0.5 + 1 + 1 / 3) / 3)
+    t1v = E.PluralityVote().scores(TABLE3_LOGITS)
+    assert E.random_tie_accuracy(t1v, [0]) == pytest.approx(0.5)  # AN or HA, label AN
+    with pytest.raises(ValueError, match="labels"):
+        E.random_tie_accuracy(scores, [0, 1])

@@ -180,6 +180,16 @@ def test_attention_block_is_residual_self_attention_over_positions():
     assert torch.equal(block(x), x)
 
 
+def test_attention_block_computes_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    block = AttentionBlock(8).eval()
+    x = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = block(x.bfloat16())
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, block(x.bfloat16().float()), atol=1e-6)
+
+
 @pytest.mark.parametrize("channels,heads", [(64, 2), (128, 4), (256, 8), (16, 1), (96, 3),
                                             (100, 2)])
 def test_heads(channels, heads):

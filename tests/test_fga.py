@@ -281,3 +281,21 @@ def test_trainer_gives_every_network_its_own_training_randomness():
     G.TwoPhaseTrainer(_data(), None, FIT.replace(loss=MultiLoss(p_lsr=0.5)), phases=phases)(
         c, "g1_fused1")
     assert torch.equal(a.conv.weight, c.conv.weight)  # reproducible per name
+
+
+def test_draw_parents_is_a_prefix_and_names_the_lowest_loss_main_parent():
+    losses = [0.5, 1.0, 2.0, 4.0]
+    draws = G.draw_parents(losses, 5, seed=3)
+    # Child i's parents do not depend on how many children follow it.
+    assert G.draw_parents(losses, 2, seed=3) == draws[:2]
+    assert G.draw_parents(losses, 5, seed=4) != draws
+    for draw in draws:
+        assert len(draw.parents) == 2 and draw.parents[0] < draw.parents[1]
+        assert draw.main_parent == min(draw.parents, key=lambda j: losses[j])
+    # Two networks hold nearly all the probability: every child has them as parents.
+    extreme = G.draw_parents([1e-3, 1e-3, 1e3, 1e3], 4, seed=0)
+    assert all(d.parents == (0, 1) for d in extreme)
+    with pytest.raises(ValueError, match="n_parents"):
+        G.draw_parents(losses, 1, n_parents=5)
+    with pytest.raises(ValueError, match="n_children"):
+        G.draw_parents(losses, 0)
