@@ -18,13 +18,13 @@ import pandas as pd
 
 from fernb.evaluate import TestResult, clustered_test, paired_ttest
 from fernb.verdicts import (FAILS, HOLDS, UNTESTABLE, Check, Claim, condition, enough_units,
-                            judge, judge_fact)
+                            judge, judge_fact, learned)
 
 from .data import Prepared
 from .protocol import Results
 from .settings import LABELS
-from .tables import (compare, constant_map_error, fold_means, fold_scores, folds_learned,
-                     learning_checks)
+from .tables import (compare, confusion, constant_map_error, fold_means, fold_scores,
+                     folds_learned, learning_checks)
 
 MIN_FOLDS = 3          # a paired t-test over fewer folds cannot reach p < 0.05 in practice
 PROPOSED = ("fully", "sparsity", "contiguity", "weakly", "hybrid")
@@ -113,7 +113,6 @@ def weakly_beats_fully(results: Results) -> Claim:
 
 
 def _fold0_learned(results: Results, keys: Sequence[str]) -> list[Check]:
-    from fernb.verdicts import learned
     n = len(results.classes)
     out = []
     for key in keys:
@@ -203,7 +202,6 @@ def wrinkles(results: Results) -> Claim:
 
 def contempt_hardest(results: Results) -> Claim | None:
     """Fig. 11 (the hybrid model on CK+): contempt has the lowest recall."""
-    from .tables import confusion
     if "contempt" not in results.classes:
         return None
     variant = "hybrid" if _ran(results, "default", "hybrid") else "baseline"

@@ -4,6 +4,7 @@ curves of both readings of eq. (1), and the mechanism regime's cue."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,7 +43,6 @@ def augmented(prep: Prepared, indices: np.ndarray, s: Settings, seed: int = 0
     maps moved by the same warp (bottom), with what the border does to the maps: the largest
     value of a moved map in the band the warp brought in from outside (0 with zeros outside;
     a mirrored border would copy a landmark's peak there) and its largest value overall."""
-    from dataclasses import replace
     aug = augmentation(replace(s, augment=True), with_maps=prep.maps is not None)
     x = prep.x[indices]
     maps = prep.maps[indices] if prep.maps is not None else None

@@ -78,8 +78,8 @@ def training(results: Results) -> dict[str, Any]:
 
 
 def accuracies(results: Results) -> dict[str, Any]:
-    """Tables 4-5 in words: the most accurate variant, how many beat the baseline on
-    average, and how many do so significantly."""
+    """Tables 4-5 in words: the most accurate model, how many proposed variants beat the
+    baseline on average, and how many do so significantly."""
     acc = {v: 100 * fold_scores(results, "default", v).mean()
            for v in results.variants("default")}
     best = max(acc, key=acc.get)
@@ -88,22 +88,25 @@ def accuracies(results: Results) -> dict[str, Any]:
     held = [v for v, c in claims.items() if c.verdict == HOLDS]
     untestable = [v for v, c in claims.items() if c.verdict == UNTESTABLE]
     every = every_variant_beats_baseline(results)
+    better = sum(acc[v] > acc["baseline"] for v in proposed)
+    leader = (f"The baseline CNN is the most accurate model of this run ({acc[best]:.1f} %)"
+              if best == "baseline" else
+              f"The most accurate model of this run is the {LABELS[best]} ({acc[best]:.1f} %, "
+              f"the baseline {acc['baseline']:.1f} %)")
+    leader += (f"; {better} of the {len(proposed)} proposed variants "
+               f"{'is' if better == 1 else 'are'} more accurate than the baseline on average")
     if untestable:
-        sentence = (f"the comparison with the baseline is not testable for "
-                    f"{', '.join(LABELS[v] for v in untestable)}: a compared model did not "
-                    f"learn, or there are too few folds (see the claims table)")
+        tested = (f"the comparison with the baseline is not testable for "
+                  f"{', '.join(LABELS[v] for v in untestable)}: a compared model did not "
+                  f"learn, or there are too few folds (see the claims table)")
     elif held:
-        sentence = (f"{_count(len(held), 'variant')} of {len(proposed)} "
-                    f"({', '.join(LABELS[v] for v in held)}) "
-                    f"{'is' if len(held) == 1 else 'are'} significantly more accurate than the "
-                    f"baseline by a paired t-test over folds")
+        tested = (f"{len(held)} ({', '.join(LABELS[v] for v in held)}) "
+                  f"{'is' if len(held) == 1 else 'are'} significantly more accurate than the "
+                  f"baseline by a paired t-test over folds")
     else:
-        sentence = (f"no proposed variant is significantly more accurate than the baseline "
-                    f"by a paired t-test over folds")
-    return {"best_variant": LABELS[best], "best_accuracy": round(acc[best], 1),
-            "baseline_accuracy": round(acc.get("baseline", np.nan), 1),
-            "n_better": sum(acc[v] > acc["baseline"] for v in proposed),
-            "n_proposed": len(proposed), "significance_sentence": sentence,
+        tested = ("none is significantly more accurate than the baseline by a paired t-test "
+                  "over folds")
+    return {"accuracy_sentence": f"{leader}, and {tested}.",
             "every_variant_verdict": _verdict(every)}
 
 
@@ -215,7 +218,7 @@ def mechanism(results: Results, prep: Prepared | None) -> dict[str, Any]:
         label = LABELS[variant]
         out[f"mech_{variant}_independent"] = table.loc[label, "accuracy, cue independent (%)"]
         out[f"mech_{variant}_misleading"] = table.loc[label, "accuracy, cue misleading (%)"]
-        out[f"mech_{variant}_trained"] = table.loc[label, "accuracy, cue trained (%)"]
+        out[f"mech_{variant}_trained"] = table.loc[label, "accuracy, cue as in training (%)"]
         out[f"mech_{variant}_follows"] = table.loc[label, "follows a misleading cue (%)"]
         if variant != "baseline":
             out[f"mech_{variant}_map_cue"] = table.loc[label, "x_hat mass on the cue"]
@@ -223,15 +226,21 @@ def mechanism(results: Results, prep: Prepared | None) -> dict[str, Any]:
     shortcut = takes_shortcut(results)
     out["shortcut_verdict"] = _verdict(shortcut)
     claims = mechanism_claims(results, prep)[1:]
-    held = [c for c in claims if c.verdict == HOLDS]
+    held = [c.claim.split(":")[0] for c in claims if c.verdict == HOLDS]
     untestable = [c for c in claims if c.verdict == UNTESTABLE]
-    out["mechanism_sentence"] = (
-        "The baseline does not rely on the cue, so this run cannot say whether a prior "
-        "removes it." if shortcut.verdict != HOLDS else
-        f"{_count(len(held), 'comparison')} of {len(claims)} find a variant significantly "
-        f"more accurate than its rival when the cue misleads"
-        + (f" ({_count(len(untestable), 'is', 'are')} not testable)" if untestable else "")
-        + ".")
+    if shortcut.verdict != HOLDS:
+        sentence = ("The baseline does not rely on the cue, so this run cannot say whether a "
+                    "prior removes it.")
+    elif held:
+        sentence = (f"Of the {len(claims)} comparisons in the claims table, "
+                    f"{len(held)} {'holds' if len(held) == 1 else 'hold'}: "
+                    f"{'; '.join(held)} (a significantly higher accuracy when the cue misleads).")
+    else:
+        sentence = (f"None of the {len(claims)} comparisons in the claims table finds a variant "
+                    f"significantly more accurate than its rival when the cue misleads.")
+    if untestable and shortcut.verdict == HOLDS:
+        sentence += f" {_count(len(untestable), 'comparison')} not testable (see the table)."
+    out["mechanism_sentence"] = sentence
     if "mech_fully_map_cue" in out:
         out["prior_map_sentence"] = (
             "puts less of its mass on the cue patch than a uniform map would"
@@ -266,8 +275,7 @@ def transfer(results: Results) -> dict[str, Any]:
 # shows as the report's missing-value symbol.
 CITED = (
     "majority_share", "kept_last_sentence", "baseline_train_acc", "baseline_val_acc",
-    "baseline_best_epochs", "best_variant", "best_accuracy", "baseline_accuracy", "n_better",
-    "n_proposed", "significance_sentence", "every_variant_verdict", "target_mean",
+    "baseline_best_epochs", "accuracy_sentence", "every_variant_verdict", "target_mean",
     "literal_shrink", "gate_sentence", "contiguity_start_gradient", "fully_map_error",
     "constant_map_error", "fully_map_sentence", "fully_map_within", "target_within",
     "fully_map_between", "target_between", "contiguity_map_within", "contiguity_sentence",

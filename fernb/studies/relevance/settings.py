@@ -150,7 +150,7 @@ class Settings(ChapterSettings):
                                           ListOf(Choice(*VARIANTS), min_len=0, unique=True),
                                           "mechanism regime's models ([]: skip it)")
     n_show: int = param(6, Range(1, 12, integer=True), "test faces in the relevance-map figures")
-    cam_faces: int = param(128, Range(0, integer=True),
+    cam_faces: int = param(64, Range(0, integer=True),
                            "test faces per fold scored by Grad-CAM (0: all)")
     wild_dataset: str = param("synth-wild", DatasetName(WILD_DATASETS),
                               'fine-tuning target (paper: "sfew", set wild_root)')
