@@ -82,6 +82,13 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return Precision("fp32", kind)
 
 
+def computed_precision(precision: str, device: str | torch.device = "auto") -> str:
+    """The name of the precision ``precision`` resolves to on ``device`` here (``"fp32"``,
+    ``"bf16"`` or ``"fp16-amp"``): what a stored result depends on, where the device itself
+    does not enter its key."""
+    return resolve_precision(precision, resolve_device(device)).name
+
+
 def is_convolutional(model: nn.Module) -> bool:
     """Whether ``model`` holds 2-d convolutions (and so prefers channels-last tensors)."""
     return any(isinstance(m, nn.Conv2d) for m in model.modules())

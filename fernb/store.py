@@ -68,6 +68,8 @@ class Job:
         needs: jobs whose stored results this one reads.
         label: what a reader calls it, for progress lines (not part of the key).
         version: raise it when the work itself changes, so older entries are not reused.
+        runtime: where and how it runs without changing what it computes (e.g. the
+            ``device``); not part of the key.
     """
 
     kind: str
@@ -76,6 +78,7 @@ class Job:
     needs: tuple[Job, ...] = ()
     label: str = ""
     version: int = 1
+    runtime: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def key(self) -> str:

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fernb.data import synthetic  # noqa: E402
@@ -56,3 +57,26 @@ def test_knob_figures(make, n_images: int) -> None:
     fig = make()
     assert sum(bool(ax.images) for ax in fig.axes) == n_images
     plt.close(fig)
+
+
+def test_the_calibration_baselines_are_stored_runs(tmp_path) -> None:
+    from fernb.store import Store
+    settings = study.Settings.from_values({"n_subjects_lab": 6, "n_subjects_wild": 6,
+                                           "epochs": 1, "wild_epochs": 1, "width": 0.25,
+                                           "wild_width": 0.125, "n_folds": 4})
+    store = Store(tmp_path)
+    first = study.calibrate(settings, store)
+    assert set(first) == {"synth-lab", "synth-wild"}
+    lab = first["synth-lab"]
+    assert lab.logits.shape == (len(lab.labels), 1, 8) and len(lab.history) == 1
+    table = study.calibration_table(first)
+    assert table["epochs trained"].tolist() == [1, 1]
+    assert set(study.highlights(first)) == {f"{p}_{k}" for p in ("synth_lab", "synth_wild")
+                                            for k in ("accuracy", "confusions", "weakest")}
+    assert lab.learning("synth-lab").model == "synth-lab"
+    again = study.calibrate(settings, store)  # stored: nothing is trained again
+    np.testing.assert_array_equal(again["synth-wild"].logits, first["synth-wild"].logits)
+    assert len(store.entries()) == 2
+    more = settings.from_values({**settings.as_dict(), "wild_epochs": 2})
+    study.calibrate(more, store)  # only the synth-wild baseline depends on wild_epochs
+    assert len(store.entries()) == 3

@@ -1,113 +1,16 @@
-"""Chapter 0 (the data): parameter constraints, the calibration baseline and the pictures of
-the generator's knobs.
-
-The calibration baseline trains ESR's single network (paper Fig. 3) from scratch on one
-subject-independent split of a synthetic preset and tests it on unseen subjects, to show how
-hard each preset is for a small network. The knob pictures render the same faces with a
-mechanism knob off and on (:mod:`fernb.data.synthetic`).
-"""
+"""Pictures and tables of the synthetic generator's knobs for the data chapter: the same
+faces with a mechanism knob off and on (:mod:`fernb.data.synthetic`)."""
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
 
 from fernb.data import synthetic
 from fernb.data.datasets import FaceDataset
-from fernb.data.splits import holdout
-from fernb.evaluate import accuracy, per_class_recall, predict, top_confusions
 from fernb.figures import image_grid
-from fernb.models.esr import single_network
-from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Range, Relation, Unused,
-                          param, relation)
-from fernb.train import FitConfig, History, fit, sgd
-
-@dataclass(frozen=True)
-class Settings(ChapterSettings):
-    """The chapter's parameters (``notebooks/00_data.ipynb``); defaults are the ``cpu``
-    profile."""
-
-    n_subjects_lab: int = param(40, Range(4, 10_000, integer=True),
-                                "subjects in synth-lab (CK+ has 123)")
-    n_subjects_wild: int = param(60, Range(4, 10_000, integer=True),
-                                 "subjects in synth-wild (40 images each)")
-    display_size: int = param(96, Range(synthetic.MIN_SIZE, synthetic.MAX_SIZE, integer=True),
-                              "image size of the figures")
-    n_folds: int = param(10, Range(3, 100, integer=True),
-                         "folds of the ESR protocol table (paper: 10)")
-    image_size: int = param(48, Range(48, synthetic.MAX_SIZE, integer=True),
-                            "image size of the synth-lab calibration baseline")
-    wild_size: int = param(64, Range(48, synthetic.MAX_SIZE, integer=True),
-                           "image size of the synth-wild baseline (blur and pose need pixels)")
-    width: float = param(0.5, Range(0, 4, open_low=True),
-                         "channel multiplier of the baseline network (1.0 is the paper network)")
-    epochs: int = param(15, POSITIVE_INT, "training epochs of the synth-lab baseline")
-    wild_width: float = param(0.25, Range(0, 4, open_low=True),
-                              "channel multiplier of the synth-wild baseline")
-    wild_epochs: int = param(20, POSITIVE_INT, "training epochs of the synth-wild baseline")
-    batch_size: int = param(32, POSITIVE_INT, "mini-batch size of both baselines")
-    lr: float = param(0.05, LEARNING_RATE, "SGD learning rate of both baselines")
-
-    RELATIONS: ClassVar[Sequence[Relation]] = (
-        relation(("n_folds", "n_subjects_lab"), lambda v: v["n_folds"] <= v["n_subjects_lab"],
-                 lambda v: f"n_folds = {v['n_folds']} subject-independent folds need at least "
-                           f"as many subjects: n_subjects_lab = {v['n_subjects_lab']}"),
-    )
-    UNUSED: ClassVar[Sequence[Unused]] = ()
-
-
-@dataclass
-class Calibration:
-    """Test logits (N, 1, C) and labels of the baseline, its history and the classes."""
-
-    logits: torch.Tensor
-    labels: np.ndarray
-    history: History
-    classes: tuple[str, ...]
-
-
-def calibrate(data: FaceDataset, *, width: float, epochs: int, lr: float, batch_size: int,
-              seed: int, device: str = "auto", precision: str = "auto") -> Calibration:
-    """Train the single network on a subject-independent split (20 % of subjects test, 15 %
-    validation; :func:`fernb.data.splits.holdout`) with SGD (momentum 0.9), keeping the
-    epoch with the lowest validation loss, and predict the test subjects."""
-    split = holdout(data.labels, data.subjects, val_fraction=0.15, test_fraction=0.2, seed=seed)
-    model = single_network(n_classes=data.n_classes, width=width, seed=seed)
-    config = FitConfig(epochs=epochs, optimizer=sgd(lr), batch_size=batch_size, device=device,
-                       precision=precision, seed=seed)
-    history = fit(model, data.subset(split.train), data.subset(split.val), config)
-    test = data.subset(split.test)
-    return Calibration(predict(model, test, device=device, precision=precision), test.labels,
-                       history, data.classes)
-
-
-def calibration_table(calibrations: dict[str, Calibration]) -> pd.DataFrame:
-    """Test images, test accuracy (%) and epochs trained per preset."""
-    rows = [{"dataset": name, "test images": len(c.labels),
-             "test accuracy (%)": round(100 * accuracy(c.logits, c.labels), 1),
-             "epochs trained": len(c.history)} for name, c in calibrations.items()]
-    return pd.DataFrame(rows).set_index("dataset")
-
-
-def top_confusions_text(calibration: Calibration, k: int = 3) -> str:
-    """The ``k`` largest confusions of a run in words, e.g. "fear taken for surprise (25%)"."""
-    pairs = top_confusions(calibration.logits, calibration.labels, calibration.classes, k=k)
-    return ", ".join(f"{t} taken for {p} ({100 * v:.0f}%)" for (t, p), v in pairs.items())
-
-
-def weakest_classes_text(calibration: Calibration, k: int = 2) -> str:
-    """The ``k`` classes recognised least (recall), e.g. "fear (31%) and disgust (40%)"."""
-    recall = per_class_recall(calibration.logits, calibration.labels,
-                              calibration.classes).dropna().sort_values(kind="stable")
-    names = [f"{c} ({100 * v:.0f}%)" for c, v in recall.head(k).items()]
-    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def knob_table() -> pd.DataFrame:
