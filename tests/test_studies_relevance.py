@@ -147,6 +147,20 @@ def test_a_changed_parameter_changes_only_the_jobs_it_touches() -> None:
         {"default", "figure"}
 
 
+def test_the_device_is_not_part_of_a_jobs_key_but_the_precision_is() -> None:
+    on_cpu = {run.key: job for run, job in protocol.plan(settings(device="cpu"))}
+    auto = {run.key: job for run, job in protocol.plan(settings(device="auto"))}
+    if not torch.cuda.is_available():  # "auto" is the CPU here, at the same precision
+        assert {k: j.key for k, j in on_cpu.items()} == {k: j.key for k, j in auto.items()}
+    assert {j.runtime["device"] for j in on_cpu.values()} == {"cpu"}
+    assert all(protocol._config(j).device == "cpu" for j in on_cpu.values())
+    fp32 = {run.key: job.key for run, job in protocol.plan(settings(device="cpu",
+                                                                    precision="fp32"))}
+    bf16 = {run.key: job.key for run, job in protocol.plan(settings(device="cpu",
+                                                                    precision="bf16"))}
+    assert all(fp32[k] != bf16[k] for k in fp32)
+
+
 def test_the_chapter_warps_target_maps_with_zeros_outside() -> None:
     """Where eq. (8) reads outside the image, a moved target map is 0 (a mirrored border
     would copy a landmark's peak there): peaks next to every border, and real faces."""

@@ -18,12 +18,14 @@ Regimes (each run is a :class:`Run`):
   set of other people and fine-tuned on every fold of a small target set.
 
 Every model keeps the epoch with the lowest validation cross-entropy (``select="val_ce"``),
-whatever its loss, so variants are selected alike.
+whatever its loss, so variants are selected alike. A job's key holds the precision its
+training resolves to here, not the device it runs on (the job's ``runtime``).
 """
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ from torch.utils.data import TensorDataset
 from fernb.data.datasets import DataSpec
 from fernb.data.splits import Split
 from fernb.data.transforms import RelevanceAugmentation, WarpSets
+from fernb.device import computed_precision
 from fernb.losses import RelevanceLoss
 from fernb.models.relevance import BaselineCNN, RelevanceNet
 from fernb.store import Entry, Job, Store
@@ -155,7 +158,8 @@ def augmentation(s: Settings, with_maps: bool) -> RelevanceAugmentation | None:
 
 def fit_config(s: Settings, variant: str, epochs: int, **lambdas: float) -> FitConfig:
     """How a variant trains: Adam with the learning rate x ``lr_decay`` per epoch (Sec. IV-A),
-    its loss, and the epoch with the lowest validation cross-entropy kept."""
+    its loss, and the epoch with the lowest validation cross-entropy kept. The device is left
+    to the job's ``runtime`` (:func:`_config`); the precision is the one it resolves to."""
     objective = loss(s, variant, **lambdas)
     with_maps = objective is not None and objective.needs_target_maps
     return FitConfig(
@@ -163,7 +167,13 @@ def fit_config(s: Settings, variant: str, epochs: int, **lambdas: float) -> FitC
         schedule=Schedule("ExponentialLR", gamma=s.lr_decay), loss=objective,
         forward="forward" if objective is None else "forward_with_map",
         batch_size=s.batch_size, augment=augmentation(s, with_maps), select="val_ce",
-        early_stopping=s.patience or None, device=s.device, precision=s.precision, seed=s.seed)
+        early_stopping=s.patience or None,
+        precision=computed_precision(s.precision, s.device), seed=s.seed)
+
+
+def _config(job: Job) -> FitConfig:
+    """The job's training configuration on the device it runs on."""
+    return replace(job.spec["fit"], device=job.runtime.get("device", "auto"))
 
 
 def _fold_job(s: Settings, run: Run, spec: DataSpec, *, gate: str | None = None,
@@ -173,7 +183,8 @@ def _fold_job(s: Settings, run: Run, spec: DataSpec, *, gate: str | None = None,
         "fold": run.fold, "split_seed": s.seed, "arch": arch(s, run.variant, gate),
         "init_seed": s.seed * 1000 + run.fold,
         "fit": fit_config(s, run.variant, s.epochs, **lambdas), "cues": cues,
-        "n_show": s.n_show, "cam_faces": s.cam_faces}, train_fold, label=f"{run.key}")
+        "n_show": s.n_show, "cam_faces": s.cam_faces}, train_fold, label=f"{run.key}",
+               runtime={"device": s.device})
 
 
 def plan(s: Settings) -> list[tuple[Run, Job]]:
@@ -208,7 +219,7 @@ def plan(s: Settings) -> list[tuple[Run, Job]]:
                 "data": source, "sigma_fraction": s.sigma_fraction, "split_seed": s.seed,
                 "arch": arch(s, variant), "init_seed": s.seed * 1000 + 999,
                 "fit": fit_config(s, variant, s.pretrain_epochs)}, pretrain,
-                label=f"pretrain/{variant}")
+                label=f"pretrain/{variant}", runtime={"device": s.device})
             out.append((Run("pretrain", variant, -1), pre))
             for fold in range(s.wild_folds):
                 run = Run("transfer", variant, fold)
@@ -217,7 +228,7 @@ def plan(s: Settings) -> list[tuple[Run, Job]]:
                     "n_folds": s.wild_folds, "fold": fold, "split_seed": s.seed,
                     "arch": arch(s, variant), "fit": fit_config(s, variant, s.finetune_epochs),
                     "n_show": s.n_show, "cam_faces": s.cam_faces}, finetune, needs=(pre,),
-                    label=run.key)))
+                    label=run.key, runtime={"device": s.device})))
     return out
 
 
@@ -252,7 +263,7 @@ def _score_and_store(model: nn.Module, prep: Prepared, spec: DataSpec, split: Sp
     else:
         conditions = cue_test_sets(spec, test, cues["strength"], cues["seed"])
     show = show_indices(prep, test, job.spec["n_show"])
-    config: FitConfig = job.spec["fit"]
+    config = _config(job)
     arrays, scores, shown = score(model, prep, test, conditions, show,
                                   cam_faces=job.spec["cam_faces"], device=config.device,
                                   precision=config.precision)
@@ -273,7 +284,7 @@ def train_fold(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     split = fold_splits(prep, spec["n_folds"], seed=spec["split_seed"])[spec["fold"]]
     model = spec["arch"].build(prep.n_classes, prep.in_chans, spec["init_seed"])
     start = time.perf_counter()
-    history = _train(model, prep, split, spec["fit"], entry)
+    history = _train(model, prep, split, _config(job), entry)
     return _score_and_store(model, prep, spec["data"], split, job, entry, history,
                             time.perf_counter() - start)
 
@@ -285,7 +296,7 @@ def pretrain(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     prep = prepared(spec["data"], spec["sigma_fraction"])
     split = pretrain_split(prep, VAL_FRACTION, spec["split_seed"])
     model = spec["arch"].build(prep.n_classes, prep.in_chans, spec["init_seed"])
-    history = _train(model, prep, split, spec["fit"], entry)
+    history = _train(model, prep, split, _config(job), entry)
     entry.save_state("model", model.state_dict())
     return {"best_epoch": history.best_epoch, "epochs_run": len(history)}
 
@@ -304,7 +315,7 @@ def finetune(job: Job, entry: Entry, store: Store) -> dict[str, Any]:
     model = spec["arch"].build(prep.n_classes, prep.in_chans, 0)
     model.load_state_dict(store.get(pre).state("model"))
     start = time.perf_counter()
-    history = _train(model, prep, split, spec["fit"], entry)
+    history = _train(model, prep, split, _config(job), entry)
     return _score_and_store(model, prep, spec["data"], split, job, entry, history,
                             time.perf_counter() - start)
 
