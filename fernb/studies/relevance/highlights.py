@@ -239,7 +239,9 @@ def mechanism(results: Results, prep: Prepared | None) -> dict[str, Any]:
         sentence = (f"None of the {len(claims)} comparisons in the claims table finds a variant "
                     f"significantly more accurate than its rival when the cue misleads.")
     if untestable and shortcut.verdict == HOLDS:
-        sentence += f" {_count(len(untestable), 'comparison')} not testable (see the table)."
+        verb = "is" if len(untestable) == 1 else "are"
+        sentence += (f" {_count(len(untestable), 'comparison')} {verb} not testable "
+                     f"(see the table).")
     out["mechanism_sentence"] = sentence
     if "mech_fully_map_cue" in out:
         out["prior_map_sentence"] = (
