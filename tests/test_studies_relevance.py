@@ -147,6 +147,19 @@ def test_a_changed_parameter_changes_only_the_jobs_it_touches() -> None:
         {"default", "figure"}
 
 
+def test_the_maps_settings_leave_the_baselines_jobs_alone() -> None:
+    base = {run.key: job.key for run, job in protocol.plan(settings())}
+    for changes in ({"gate": "literal"}, {"map_start": 0.5}, {"map_activation": "sigmoid",
+                                                             "map_start": 0.5},
+                    {"skip_connections": True}):
+        other = {run.key: job.key for run, job in protocol.plan(settings(**changes))}
+        same = {k for k in base if k in other and base[k] == other[k]}
+        assert {k for k in base if "/baseline" in k and k.startswith(
+            ("default/", "mechanism/"))} <= same, changes
+        assert "default/f0/fully" not in same, changes
+    assert protocol.plan(settings(n_eblocks=1))[0][1].key != protocol.plan(settings())[0][1].key
+
+
 def test_the_device_is_not_part_of_a_jobs_key_but_the_precision_is() -> None:
     on_cpu = {run.key: job for run, job in protocol.plan(settings(device="cpu"))}
     auto = {run.key: job for run, job in protocol.plan(settings(device="auto"))}

@@ -124,7 +124,10 @@ def wild_specs(s: Settings) -> tuple[DataSpec, DataSpec]:
 def arch(s: Settings, variant: str, gate: str | None = None) -> Arch:
     """The network of ``variant`` under the chapter's choices; ``gate`` overrides the
     reading of eq. (1). A literal gate starts its (linear) map at 1, so the network starts as
-    the baseline; a mean-normalised gate starts as the baseline from any constant map."""
+    the baseline; a mean-normalised gate starts as the baseline from any constant map. The
+    baseline has no map, so the map's settings stay at their defaults in its key."""
+    if variant == "baseline":
+        return Arch(variant, s.image_size, s.width, s.n_eblocks, s.eblock_after)
     gate = gate or s.gate
     start = 1.0 if gate == "literal" and s.map_activation == "linear" else s.map_start
     return Arch(variant, s.image_size, s.width, s.n_eblocks, s.eblock_after, gate, start,
