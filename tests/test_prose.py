@@ -117,13 +117,7 @@ def hard_coded(name: str) -> list[str]:
     return found
 
 
-# Chapters whose prose still holds typed numbers; each leaves this set when it is rewritten
-# (strict: a chapter that passes fails here until it is removed).
-TYPED = {"02_relevance_maps"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="typed numbers remain")) if n in TYPED else n for n in NOTEBOOKS])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_number_in_the_prose_is_computed_or_declared(name: str) -> None:
     found = hard_coded(name)
     assert not found, (f"{name}: {len(found)} number(s) typed into the prose; glue them from "

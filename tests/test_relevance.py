@@ -16,7 +16,7 @@ from fernb.losses import (RelevanceLoss, relevance_contiguity, relevance_mse,
                           relevance_sparsity)
 from fernb.models.members import Members
 from fernb.models.relevance import (PAPER_TRAINING, BaselineCNN, EBlock, RelevanceNet,
-                                    fit_relevance, target_maps)
+                                    fit_relevance, gate, target_maps)
 from fernb.train import FitConfig, adam, fit
 
 SMALL = dict(width=0.125, hidden=(16, 16))
@@ -84,17 +84,67 @@ def test_classification_gradients_reach_the_facial_parts_through_the_eblocks():
     assert net.facial_parts.head.weight.grad.abs().sum() > 0
 
 
-def test_eblock_is_eq1_on_a_hand_computed_example():
-    block = EBlock(1, 1, padding=1, stride=1)
+def _identity_block(gate):
+    block = EBlock(1, 1, padding=1, stride=1, gate=gate)
     with torch.no_grad():
         block.conv.weight.zero_()
         block.conv.weight[0, 0, 1, 1] = 1.0  # identity convolution
         block.conv.bias.fill_(0.5)
+    return block
+
+
+def test_eblock_is_eq1_on_a_hand_computed_example():
     a = torch.tensor([[[[-1.0, 2.0], [3.0, -4.0]]]])
     relevance = torch.tensor([[[[0.5, 2.0], [1.0, 3.0]]]])
+    literal = _identity_block("literal")
     # ReLU(a + 0.5) = [[0, 2.5], [3.5, 0]], times x_hat = [[0, 5], [3.5, 0]].
-    torch.testing.assert_close(block(a, relevance), torch.tensor([[[[0.0, 5.0], [3.5, 0.0]]]]))
-    torch.testing.assert_close(block(a), torch.tensor([[[[0.0, 2.5], [3.5, 0.0]]]]))
+    torch.testing.assert_close(literal(a, relevance), torch.tensor([[[[0.0, 5.0], [3.5, 0.0]]]]))
+    torch.testing.assert_close(literal(a), torch.tensor([[[[0.0, 2.5], [3.5, 0.0]]]]))
+    # The mean gate divides x_hat by its mean magnitude (0.5 + 2 + 1 + 3) / 4 = 1.625:
+    # [[0, 5 / 1.625], [3.5 / 1.625, 0]].
+    mean = _identity_block("mean")
+    torch.testing.assert_close(mean(a, relevance),
+                               torch.tensor([[[[0.0, 5 / 1.625], [3.5 / 1.625, 0.0]]]]))
+    torch.testing.assert_close(gate(relevance, (2, 2), 1, "mean").abs().mean(),
+                               torch.tensor(1.0))
+
+
+def test_the_mean_gate_keeps_the_features_scale_where_the_literal_one_shrinks_them():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 48, 48)
+    net = RelevanceNet(image_size=48, n_classes=3, seed=0, **SMALL)
+    literal = RelevanceNet(image_size=48, n_classes=3, seed=0, gate="literal", **SMALL)
+    literal.load_state_dict(net.state_dict())
+    start = net.forward_features(x)
+    for model in (net, literal):
+        with torch.no_grad():  # a constant map of 0.2, the mean of a landmark target
+            model.facial_parts.head.bias.fill_(0.2)
+    # Two e-blocks multiply by 0.2 each: the literal features shrink 25-fold; the mean gate
+    # divides the map by its own mean and leaves them as they were.
+    torch.testing.assert_close(net.forward_features(x), start)
+    torch.testing.assert_close(literal.forward_features(x), 0.04 * start, rtol=1e-4, atol=1e-6)
+    assert net.gate == "mean" and literal.gate == "literal"
+    with pytest.raises(ValueError, match="gate must be one of"):
+        RelevanceNet(image_size=48, gate="max", **SMALL)
+
+
+def test_eblocks_can_sit_after_an_earlier_block():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 48, 48)
+    net = RelevanceNet(image_size=48, n_classes=3, eblock_after=1, **SMALL)
+    # After block 1 (4 filters at width 1/8, stride 2), then blocks 2 and 3.
+    assert [e.conv.in_channels for e in net.representation.eblocks] == [4, 4]
+    assert all(e.stride == 2 for e in net.representation.eblocks)
+    assert net.forward_features(x).shape == (2, 16, 6, 6)
+    assert net(x).shape == (2, 1, 3)
+    # Valid padding: block 1 48 -> 44 -> 22, the e-blocks 22 -> 18, block 2 -> 14 -> 7,
+    # block 3 -> 3 -> 1; two more e-blocks would leave nothing.
+    valid = BaselineCNN(image_size=48, padding="valid", eblock_after=1, **SMALL)
+    assert valid.forward_features(x).shape[-2:] == (1, 1)
+    with pytest.raises(ValueError, match="vanishes"):
+        BaselineCNN(image_size=48, padding="valid", eblock_after=1, n_eblocks=4, **SMALL)
+    with pytest.raises(ValueError, match="eblock_after must name a block 1..3"):
+        BaselineCNN(image_size=48, eblock_after=4, **SMALL)
 
 
 def test_relevance_is_pooled_and_centre_cropped_to_the_feature_map():
@@ -185,12 +235,30 @@ def test_the_baseline_has_no_relevance_map():
     assert isinstance(RelevanceNet(image_size=48, **SMALL), BaselineCNN)
 
 
-def test_gradcam_on_the_cam_layer():
+def test_gradcam_is_taken_before_the_map_multiplies_the_features():
     torch.manual_seed(0)
     net = RelevanceNet(image_size=48, n_classes=3, **SMALL)
-    assert net.cam_layer() is net.cam_layer(0, 48) is net.representation.eblocks[-1]
+    # The block the e-blocks follow: its output has not met x_hat yet.
+    assert net.cam_layer() is net.cam_layer(0, 48) is net.representation.blocks[-1]
+    assert net.gated_layer() is net.representation.eblocks[-1]
+    early = RelevanceNet(image_size=48, eblock_after=2, **SMALL)
+    assert early.cam_layer() is early.representation.blocks[1]
     maps = gradcam(net, torch.rand(2, 1, 48, 48), member=0)
     assert maps.shape == (2, 48, 48) and np.isfinite(maps).all()
+    # A map that is zero on the left half: after the products the left half is silent, so
+    # Grad-CAM of the gated layer is zero there, while before the products it is not.
+    x = torch.rand(4, 1, 48, 48)
+    with torch.no_grad():
+        net.facial_parts.head.weight.zero_()
+        net.facial_parts.head.bias.fill_(1.0)
+    half = torch.ones(1, 1, 48, 48)
+    half[..., :24] = 0.0
+    net.facial_parts.register_forward_hook(lambda module, inputs, output: half.expand_as(output))
+    for target in range(3):
+        after = gradcam(net, x, net.gated_layer(), member=0, targets=target)
+        assert after[:, :, :20].max() == 0
+    before = np.stack([gradcam(net, x, member=0, targets=c) for c in range(3)])
+    assert before[..., :20].max() > 0
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -238,6 +306,21 @@ def test_target_maps_are_peak_one_gaussians_at_the_landmarks():
         target_maps(points[0], 8)
     with pytest.raises(ValueError, match="combine"):
         target_maps(points, 8, combine="mean")
+
+
+def test_total_variation_has_no_gradient_on_a_constant_map():
+    """Eq. (7) alone cannot move the starting map: every constant map has zero total
+    variation and a zero (sub)gradient, so the contiguity-only variant is moved by the
+    cross-entropy alone."""
+    for value in (1.0, 0.1):
+        flat = torch.full((2, 1, 8, 8), value, requires_grad=True)
+        relevance_contiguity(flat).sum().backward()
+        assert relevance_contiguity(flat).abs().max() == 0 and flat.grad.abs().max() == 0
+    bumpy = torch.full((1, 1, 8, 8), 1.0)
+    bumpy[..., 3, 3] = 2.0
+    bumpy.requires_grad_(True)
+    relevance_contiguity(bumpy).sum().backward()
+    assert bumpy.grad.abs().max() > 0
 
 
 def test_paper_training_settings():

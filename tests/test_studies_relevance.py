@@ -1,37 +1,52 @@
-"""Ferreira et al.'s study: parameters, fold and transfer protocols, storage and resume,
-map scores, the paper-vs-book keys and the chapter's exercise commands."""
+"""Ferreira et al.'s study: parameters, the plan of stored jobs, the mechanism regime's cues,
+per-face scores, the claims' verdicts on hand-made and trained results, what the prose cites
+and the chapter's exercise commands."""
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fernb import chapters
 from fernb.data import synthetic
 from fernb.params import ParameterError
-from fernb.report import Claim, paper_results, paper_vs_book
+from fernb.report import MISSING, paper_results, paper_vs_book
+from fernb.store import Store
 from fernb.studies import relevance as study
+from fernb.studies.relevance import data, protocol, scoring, tables
+from fernb.verdicts import FAILS, HOLDS, UNTESTABLE
+
+# The package exports the functions claims() and highlights(); their modules by name:
+claims_module = importlib.import_module("fernb.studies.relevance.claims")
+highlights = importlib.import_module("fernb.studies.relevance.highlights")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "02_relevance_maps.ipynb"
-TINY = dict(epochs=1, image_size=48, width=0.125, batch_size=32, augment=False, device="cpu")
-MAIN = ["baseline", "fully", "weakly", "hybrid"]
-
-
-@pytest.fixture(scope="module")
-def prep() -> study.Prepared:
-    return study.prepare(synthetic.generate("synth-lab", n_subjects=5, size=48, seed=0), 0.025)
+TINY = dict(n_subjects=8, n_folds=2, epochs=1, n_show=3, variants=["baseline", "fully", "weakly"],
+            mechanism_variants=["baseline", "fully"], gate_contrast=["fully"],
+            wild_variants=["baseline", "hybrid"], wild_subjects=4, pretrain_subjects=4,
+            wild_folds=2, pretrain_epochs=1, finetune_epochs=1, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def defaults() -> dict:
     return study.Settings.defaults()
 
+
+def settings(**changes) -> study.Settings:
+    return study.Settings.from_values({**TINY, **changes})
+
+
+# ----------------------------------------------------------------------------- parameters
 
 def test_the_defaults_pass(defaults) -> None:
     study.Settings.check(defaults)
@@ -41,8 +56,10 @@ def test_the_defaults_pass(defaults) -> None:
     ("image_size", 32), ("width", 0), ("n_folds", 1), ("variants", ["baseline", "supervised"]),
     ("variants", ["baseline", "baseline"]), ("epochs", 0), ("lr", 0.0), ("lr_decay", 1.5),
     ("augment", "yes"), ("lambda_fully", -1.0), ("gamma", -0.5), ("weak_reduction", "max"),
-    ("sigma_fraction", 0.0), ("map_activation", "relu"), ("n_show", 0),
-    ("wild_dataset", "ckplus"), ("pretrain_dataset", "sfew"), ("wild_variants", []),
+    ("sigma_fraction", 0.0), ("map_activation", "relu"), ("n_show", 0), ("gate", "max"),
+    ("map_start", 0.0), ("n_eblocks", 0), ("eblock_after", 4), ("skip_connections", "no"),
+    ("cue_strength", 1.5), ("mechanism_variants", ["baseline", "attention"]),
+    ("gate_contrast", ["baseline"]), ("wild_dataset", "ckplus"), ("pretrain_dataset", "sfew"),
     ("patience", -1), ("device", "tpu"), ("seed", -3), ("data_root", 3), ("wild_root", None),
 ])
 def test_a_bad_value_is_rejected_by_name(defaults, name, value) -> None:
@@ -54,11 +71,15 @@ def test_a_bad_value_is_rejected_by_name(defaults, name, value) -> None:
     ({"image_size": 50}, ["image_size"]),
     ({"variants": ["fully", "weakly"]}, ["variants", "baseline"]),
     ({"wild_variants": ["hybrid"]}, ["wild_variants", "baseline"]),
-    ({"dataset": "jaffe", "data_root": "/data/jaffe"}, ["variants", "dataset", "jaffe"]),
+    ({"mechanism_variants": ["fully"]}, ["mechanism_variants", "baseline"]),
+    ({"dataset": "jaffe", "data_root": "/data/jaffe", "mechanism_variants": []},
+     ["variants", "dataset", "jaffe"]),
+    ({"dataset": "ckplus", "data_root": "/data/CK+"}, ["mechanism_variants", "synthetic"]),
     ({"wild_dataset": "sfew", "wild_root": "/data/sfew", "wild_variants": ["baseline", "fully"]},
      ["wild_variants", "wild_dataset"]),
     ({"n_subjects": 8, "n_folds": 5}, ["n_folds", "n_subjects"]),
     ({"wild_subjects": 5, "wild_folds": 3}, ["wild_folds", "wild_subjects"]),
+    ({"map_activation": "sigmoid", "map_start": 1.0}, ["map_start", "sigmoid"]),
     ({"dataset": "ckplus"}, ["data_root"]),
     ({"data_root": "/somewhere"}, ["data_root", "synth-lab"]),
 ])
@@ -67,15 +88,126 @@ def test_relations_name_the_parameters_involved(defaults, changes, names) -> Non
     assert problems and all(n in problems for n in names), problems
 
 
-def test_a_synthetic_only_parameter_set_with_a_real_dataset_is_an_error(defaults) -> None:
-    values = {**defaults, "dataset": "ckplus", "data_root": "/data/CK+"}
-    assert not study.Settings.problems(values)
-    problems = study.Settings.problems(values, given={"n_subjects"})
-    assert any("n_subjects" in p and "not used" in p for p in problems)
+def test_either_regime_and_table_6_can_be_skipped(defaults) -> None:
+    assert not study.Settings.problems({**defaults, "mechanism_variants": [],
+                                        "wild_variants": [], "gate_contrast": []})
+    problems = study.Settings.problems({**defaults, "mechanism_variants": []},
+                                       given={"cue_strength"})
+    assert any("cue_strength" in p and "not used" in p for p in problems)
 
 
-def test_folds_are_subject_independent_and_cover_every_face(prep) -> None:
-    splits = study.fold_splits(prep, 3, seed=0)
+def test_the_choices_the_paper_leaves_open_reach_the_network() -> None:
+    s = settings(n_eblocks=1, eblock_after=2, skip_connections=True, gate="literal",
+                 map_activation="sigmoid", map_start=0.3)
+    net = protocol.arch(s, "fully").build(8, 1, seed=0)
+    assert len(net.representation.eblocks) == 1 and net.representation.position == 2
+    assert net.gate == "literal" and net.facial_parts.skip_connections
+    assert net.facial_parts.activation == "sigmoid" and net.map_start == 0.3
+    # A literal linear map starts at 1 (the baseline's function); a mean-normalised map
+    # starts at map_start.
+    assert protocol.arch(settings(gate="literal"), "fully").map_start == 1.0
+    assert protocol.arch(settings(), "fully").map_start == settings().map_start
+
+
+# ----------------------------------------------------------------------------- protocol
+
+def test_weak_reduction_scales_lambda_to_a_120_pixel_sum() -> None:
+    s = settings()
+    assert protocol.loss(s, "weakly").lambda_weakly == pytest.approx(1e-4 * 14400)
+    assert protocol.loss(replace(s, weak_reduction="mean"), "weakly").lambda_weakly == 1e-4
+    assert protocol.loss(s, "weakly", lambda_weakly=1e-2).lambda_weakly == pytest.approx(144.0)
+    assert protocol.loss(s, "fully", lambda_fully=5.0).lambda_fully == 5.0
+    assert protocol.loss(s, "baseline") is None and protocol.loss(s, "unguided") is None
+
+
+def test_every_variant_keeps_its_epoch_by_the_validation_cross_entropy() -> None:
+    s = settings()
+    configs = {v: protocol.fit_config(s, v, 3) for v in study.VARIANTS}
+    assert {c.select for c in configs.values()} == {"val_ce"}
+    assert not any(c.maximize for c in configs.values())
+    assert configs["baseline"].forward == configs["unguided"].forward == "forward"
+    assert {configs[v].forward for v in ("fully", "weakly", "hybrid")} == {"forward_with_map"}
+
+
+def test_a_changed_parameter_changes_only_the_jobs_it_touches() -> None:
+    base = {run.key: job.key for run, job in protocol.plan(settings())}
+    cue = {run.key: job.key for run, job in protocol.plan(settings(cue_strength=0.5))}
+    changed = {k for k in base if base[k] != cue[k]}
+    assert changed and all(k.startswith("mechanism/") for k in changed)
+    high = {run.key: job.key for run, job in protocol.plan(settings(lambda_weakly_high=0.1))}
+    assert {k for k in base if k in high and base[k] != high[k]} == set()
+    assert "figure/f0/weakly/lambda = 0.1" in high
+    fewer = {run.key: job.key for run, job in protocol.plan(settings(variants=["baseline"]))}
+    assert all(base[k] == fewer[k] for k in fewer if k in base)
+    regimes = {run.regime for run, _ in protocol.plan(settings())}
+    assert regimes == {"default", "figure", "gate", "mechanism", "pretrain", "transfer"}
+    assert {run.regime for run, _ in protocol.plan(settings(mechanism_variants=[],
+                                                            wild_variants=[],
+                                                            gate_contrast=[]))} == \
+        {"default", "figure"}
+
+
+def test_the_maps_settings_leave_the_baselines_jobs_alone() -> None:
+    base = {run.key: job.key for run, job in protocol.plan(settings())}
+    for changes in ({"gate": "literal"}, {"map_start": 0.5}, {"map_activation": "sigmoid",
+                                                             "map_start": 0.5},
+                    {"skip_connections": True}):
+        other = {run.key: job.key for run, job in protocol.plan(settings(**changes))}
+        same = {k for k in base if k in other and base[k] == other[k]}
+        assert {k for k in base if "/baseline" in k and k.startswith(
+            ("default/", "mechanism/"))} <= same, changes
+        assert "default/f0/fully" not in same, changes
+    assert protocol.plan(settings(n_eblocks=1))[0][1].key != protocol.plan(settings())[0][1].key
+
+
+def test_the_device_is_not_part_of_a_jobs_key_but_the_precision_is() -> None:
+    on_cpu = {run.key: job for run, job in protocol.plan(settings(device="cpu"))}
+    auto = {run.key: job for run, job in protocol.plan(settings(device="auto"))}
+    if not torch.cuda.is_available():  # "auto" is the CPU here, at the same precision
+        assert {k: j.key for k, j in on_cpu.items()} == {k: j.key for k, j in auto.items()}
+    assert {j.runtime["device"] for j in on_cpu.values()} == {"cpu"}
+    assert all(protocol._config(j).device == "cpu" for j in on_cpu.values())
+    fp32 = {run.key: job.key for run, job in protocol.plan(settings(device="cpu",
+                                                                    precision="fp32"))}
+    bf16 = {run.key: job.key for run, job in protocol.plan(settings(device="cpu",
+                                                                    precision="bf16"))}
+    assert all(fp32[k] != bf16[k] for k in fp32)
+
+
+def test_the_chapter_warps_target_maps_with_zeros_outside() -> None:
+    """Where eq. (8) reads outside the image, a moved target map is 0 (a mirrored border
+    would copy a landmark's peak there): peaks next to every border, and real faces."""
+    aug = protocol.augmentation(settings(augment=True), with_maps=True)
+    peaks = torch.zeros(8, 1, 48, 48)
+    peaks[:, 0, [0, 1, 46, 47, 24, 24, 24, 24], [24, 24, 24, 24, 0, 1, 46, 47]] = 1.0
+    x, y = torch.rand(8, 1, 48, 48), torch.zeros(8, dtype=torch.long)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        _, (_, moved) = aug(x, (y, peaks))
+        torch.manual_seed(seed)
+        _, (_, inside) = aug(x, (y, torch.ones_like(peaks)))
+        assert moved[inside == 0].abs().max() == 0
+    fig, border = study.figures.augmented(study.prepare(
+        synthetic.generate("synth-lab", n_subjects=4, size=48, seed=0), 0.025),
+        np.arange(4), settings(), seed=0)
+    plt.close(fig)
+    assert border["outside_share"] > 0 and border["outside_peak"] == 0.0
+    assert border["moved_peak"] > 0.5
+
+
+# ----------------------------------------------------------------------------- data and cues
+
+@pytest.fixture(scope="module")
+def cued() -> tuple:
+    s = settings()
+    spec = protocol.data_spec(s, cue=True)
+    prep = data.prepared(spec, s.sigma_fraction)
+    return s, spec, prep
+
+
+def test_folds_are_subject_independent_and_cover_every_face(cued) -> None:
+    _, _, prep = cued
+    splits = data.fold_splits(prep, 2, seed=0)
     tests = np.concatenate([s.test for s in splits])
     assert sorted(tests.tolist()) == list(range(len(prep.labels)))
     for s in splits:
@@ -84,192 +216,239 @@ def test_folds_are_subject_independent_and_cover_every_face(prep) -> None:
                                    or parts[1] & parts[2])
 
 
-def test_weak_reduction_scales_lambda_to_a_120_pixel_sum() -> None:
-    run = study.Run(0, "weakly")
-    assert study.Config(epochs=1).loss(run).lambda_weakly == pytest.approx(1e-4 * 14400)
-    assert study.Config(epochs=1, weak_reduction="mean").loss(run).lambda_weakly == 1e-4
-    # A figure run overrides the lambda; the baseline has no map loss.
-    fig = study.Run(0, "weakly", lambda_weakly=1e-2)
-    assert study.Config(epochs=1).loss(fig).lambda_weakly == pytest.approx(144.0)
-    assert study.Config(epochs=1).loss(study.Run(0, "baseline")) is None
-    assert study.Config(epochs=1).loss(study.Run(0, "fully", lambda_fully=5.0)).lambda_fully == 5
+def test_the_mechanism_faces_differ_from_the_default_faces_only_in_the_cue_patch(cued) -> None:
+    s, spec, prep = cued
+    clean = data.prepared(protocol.data_spec(s), s.sigma_fraction)
+    assert np.array_equal(clean.labels, prep.labels) and prep.cue is not None
+    patch = data.cue_masks(prep, np.arange(len(prep.labels)))
+    differ = spec.load().images != protocol.data_spec(s).load().images
+    assert differ.any() and not (differ & ~patch).any()
 
 
-def test_loss_scales_by_hand(prep) -> None:
-    config = study.Config(epochs=1, image_size=48)
-    table = study.loss_scales(prep, config, n=4)
-    # Chance cross-entropy of 8 classes: ln 8 = 2.0794.
-    assert table.loc["cross-entropy at chance, eq. (3)", "value"] == pytest.approx(2.0794, 1e-4)
-    sparsity = table.loc["eq. (6), sparsity of a target-shaped map"]
-    assert sparsity["weighted, printed mean"] == pytest.approx(1e-4 * sparsity["value"])
-    assert sparsity["weighted, 120 x 120 sum"] == pytest.approx(1.44 * sparsity["value"])
-    # A target map is a set of peak-1 Gaussians on a dark face: its mean is below 1.
-    assert 0 < sparsity["value"] < 1
+def test_the_test_cues_agree_never_or_by_chance_with_the_label(cued) -> None:
+    _, spec, prep = cued
+    test = data.fold_splits(prep, 2, seed=0)[0].test
+    sets = data.cue_test_sets(spec, test, 1.0, seed=0)
+    labels = prep.labels[test]
+    assert set(sets) == set(data.CUE_CONDITIONS)
+    assert np.array_equal(sets["trained"][1], labels)  # strength 1: the label every time
+    assert not np.any(sets["misleading"][1] == labels)
+    assert sets["independent"][0].shape == prep.x[test].shape
 
 
-def test_plan_adds_the_figure_runs_only_for_planned_variants() -> None:
-    runs = study.plan(range(2), ["baseline", "fully", "weakly"], lambda_fully_low=5.0,
-                      lambda_weakly_high=0.01)
-    assert [r.key for r in runs][-2:] == ["f0-fully-lf5", "f0-weakly-lw0.01"]
-    assert len(runs) == 2 * 3 + 2 and sum(r.main for r in runs) == 6
-    assert len(study.plan([0], ["baseline"], lambda_fully_low=5.0)) == 1
-    with pytest.raises(ValueError, match="unknown variants"):
-        study.plan([0], ["baseline", "attention"])
+# ----------------------------------------------------------------------------- scores
+
+def test_peak_area_and_spread_by_hand() -> None:
+    maps = np.zeros((2, 2, 2))
+    maps[0] = [[4, 1], [0, 3]]   # half the peak is 2: pixels 4 and 3 -> 2 of 4
+    maps[1] = 1.0                # a flat map: every pixel at its peak
+    np.testing.assert_allclose(scoring.peak_area(maps), [0.5, 1.0])
+    within, between = scoring.spread(maps)
+    # Face 0: mean 2, std sqrt((4 + 1 + 4 + 1) / 4) = sqrt(2.5); face 1: flat.
+    np.testing.assert_allclose(within, [np.sqrt(2.5) / 2, 0.0])
+    # Between faces, per pixel std of (4, 1), (1, 1), (0, 1), (3, 1): 1.5, 0, 0.5, 1 ->
+    # mean 0.75, over the overall mean 1.5.
+    assert between == pytest.approx(0.75 / 1.5)
+    assert np.isnan(scoring.peak_area(np.zeros((1, 2, 2))))[0]
 
 
-@pytest.fixture(scope="module")
-def lab(prep, tmp_path_factory) -> tuple[study.Results, Path, list, list]:
-    """Four variants and both figure runs, two folds, one epoch."""
-    out = tmp_path_factory.mktemp("folds")
-    splits = study.fold_splits(prep, 2, seed=0)
-    runs = study.plan(range(2), MAIN, lambda_fully_low=5.0, lambda_weakly_high=0.01)
-    return study.run_folds(prep, splits, runs, study.Config(**TINY), out, n_show=3), out, \
-        splits, runs
+def test_map_rows_give_each_row_its_own_scale_and_colour_bar() -> None:
+    faces = np.zeros((3, 8, 8))
+    small, large = np.full((3, 8, 8), 0.01), np.full((3, 8, 8), 50.0)
+    small[:, 2, 2] = 0.02
+    fig = study.figures.map_rows([("small", small), ("large", large)], faces, ["a", "b", "c"])
+    limits = [ax.images[0].get_clim() for ax in fig.axes if ax.images][3:]
+    assert limits[0][1] == pytest.approx(np.percentile(small, 99))
+    assert limits[-1][1] == pytest.approx(50.0)
+    assert sum(getattr(ax, "_colorbar", None) is not None for ax in fig.axes) == 2
+    plt.close(fig)
 
 
-def test_fold_study_stores_and_scores(lab, prep) -> None:
-    res, _, splits, runs = lab
-    assert list(res.table["key"]) == [r.key for r in runs]
-    assert res.table["accuracy"].between(0, 1).all()
-    assert res.logits["f1-fully"].shape == (len(splits[1].test), 1, prep.n_classes)
-    assert res.maps["f0-fully"]["map"].shape == (3, 48, 48)
-    assert "map" not in res.maps["f0-baseline"] and res.maps["f0-baseline"]["cam"].shape[0] == 3
-    scores = res.scores["f0-weakly"]
-    # Evidence away from the landmarks is part of the evidence: never a larger share.
-    assert (scores["map_away"] <= scores["map_evidence"] + 1e-9).all()
-    shares = scores[["map_evidence", "cam_evidence", "chance"]].to_numpy()
-    assert np.all(np.isnan(shares) | ((shares >= 0) & (shares <= 1)))  # NaN: an all-zero map
+# ----------------------------------------------------------------------------- hand-made results
 
-
-def test_fold_study_resumes_without_training(lab, prep, monkeypatch) -> None:
-    res, out, splits, runs = lab
-    config = study.Config(**TINY)
-    calls = []
-    real_fit = study.fit
-
-    def counting_fit(*args, **kwargs):
-        calls.append(kwargs["checkpoint"])
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(study, "fit", counting_fit)
-    again = study.run_folds(prep, splits, runs, config, out, n_show=3)
-    assert calls == [] and again.table["accuracy"].tolist() == res.table["accuracy"].tolist()
-    (out / "f1-weakly" / "scores.csv").unlink()  # a run interrupted before result.json
-    study.run_folds(prep, splits, runs, config, out, n_show=3)
-    assert [Path(c).parent.name for c in calls] == ["f1-weakly"]
-    with pytest.raises(ValueError, match="other settings"):
-        study.run_folds(prep, splits, runs, study.Config(**{**TINY, "epochs": 2}), out)
-    with pytest.raises(ValueError, match="folds \\[5\\]"):
-        study.run_folds(prep, splits, [study.Run(5, "baseline")], config, out / "x")
-
-
-def test_tables_measured_and_claims(lab, prep) -> None:
-    res = lab[0]
-    table = study.accuracy_table(res)
-    assert list(table.index) == [study.LABELS[v] for v in MAIN]
-    assert table.loc["Baseline CNN", "gain over baseline"] == 0
-    assert study.per_fold_table(res).shape == (4, 2)
-    scores = study.map_scores(res, prep)
-    assert {"Landmark targets (eq. 4)", "Chance (uniform map)"} <= set(scores.index)
-    assert scores.loc["Baseline CNN", "x_hat evidence"] == "-"
-    measured = study.measured(res, res, dataset="synth-lab")
-    assert set(measured) <= set(paper_results("relevance"))
-    assert {"ckplus_baseline_accuracy", "ckplus_hybrid_gain", "sfew_gain"} <= set(measured)
-    jaffe = study.measured(res, None, dataset="jaffe")
-    assert {"jaffe_min_gain", "jaffe_weakly_minus_fully"} <= set(jaffe)
-    assert not any(k.startswith("sfew") for k in jaffe)
-    frame = paper_vs_book("relevance", measured)
-    # A gain given as a bare number has no test on independent units behind it.
-    assert frame.loc[("Table 4", "Hybrid minus baseline accuracy (points)"),
-                     "verdict"] == "not testable"
-    claims = study.claims(res, res)
-    assert all(isinstance(c, Claim) for c in claims) and len(claims) == 10
-    # Every variant, both figure runs, evidence masks, a wild run and contempt: each claim is
-    # tested, so each has a yes or a no.
-    assert all(isinstance(c.holds, bool) and c.evidence for c in claims)
-    assert study.figure_maps(res, prep, [("fully", "a"), ("fully-lf5", "b")]) is not None
-    assert study.figure_maps(res, prep, [("hybrid-lf5", "missing")]) is None
-
-
-def _hand_results(accuracy: dict[str, float], rows: list[dict] | None = None,
-                  predicted: list[int] | None = None) -> study.Results:
-    """One fold whose main runs reach ``accuracy`` (fractions), plus the figure ``rows``; the
-    most accurate variant predicts ``predicted`` for four faces labelled n, h, c, c."""
-    table = pd.DataFrame([{"key": f"f0-{v}", "fold": 0, "variant": v, "main": True,
-                           "accuracy": a} for v, a in accuracy.items()] + (rows or []))
-    best = max(accuracy, key=accuracy.get)
-    labels = np.array([0, 1, 2, 2])
-    logits = {f"f0-{v}": np.eye(3)[labels][:, None] for v in accuracy}
-    logits[f"f0-{best}"] = np.eye(3)[predicted or labels][:, None]
-    scores = {k: pd.DataFrame({"label": labels}) for k in logits}
-    return study.Results(table, logits, scores, {}, {}, {}, ("neutral", "happiness", "contempt"),
-                         study.Config(epochs=1))
+def _results(accuracy: dict[str, list[float]], *, regime: str = "default",
+             classes=("neutral", "happiness", "contempt"), n: int = 200,
+             extra: dict[str, dict[str, list[float]]] | None = None,
+             settings_: study.Settings | None = None) -> protocol.Results:
+    """Results whose variant v gets accuracy[v][k] right in fold k (n faces per fold, the
+    first class most frequent), with per-face score columns from ``extra`` (one value per
+    fold, the same for every face of the fold)."""
+    rows, tests, scores, shown, hist = [], {}, {}, {}, {}
+    labels = np.array([0] * (n // 2) + [1] * (n // 4) + [2] * (n - n // 2 - n // 4))
+    for variant, accs in accuracy.items():
+        for fold, acc in enumerate(accs):
+            key = f"{regime}/f{fold}/{variant}"
+            right = np.arange(n) < round(acc * n)
+            pred = np.where(right, labels, (labels + 1) % len(classes))
+            logits = np.eye(len(classes))[pred] * 5
+            tests[key] = {"label": labels, "logits_test": logits, "index": np.arange(n),
+                          "classes": np.array(classes)}
+            cols = {"index": np.arange(n), "label": labels, "pred_test": pred}
+            for column, values in (extra or {}).get(variant, {}).items():
+                cols[column] = np.full(n, values[fold])
+            scores[key] = pd.DataFrame(cols)
+            shown[key] = {"between": np.array(0.0)}
+            hist[key] = pd.DataFrame({"epoch": [1, 2], "train_acc_ens": [0.5, 0.6],
+                                      "val_acc_ens": [0.5, 0.6]})
+            rows.append({"regime": regime, "variant": variant, "fold": fold, "tag": "",
+                         "key": key, "label": study.LABELS[variant], "best_epoch": 2,
+                         "epochs_run": 2, "accuracy": acc})
+    s = settings_ or settings(variants=[v for v in study.VARIANTS if v in accuracy],
+                              n_folds=3)
+    return protocol.Results(pd.DataFrame(rows), hist, tests, scores, shown, tuple(classes), s)
 
 
 def test_claims_on_hand_made_results() -> None:
-    maps = {"fully": dict(map_mse=0.02, map_evidence=0.5, chance=0.2, map_away=0.1),
-            "weakly": dict(map_l1=0.30, map_evidence=0.6, chance=0.2, map_away=0.3),
-            "hybrid": dict(map_evidence=0.55, chance=0.2, map_away=0.2)}
-    figure = [{"key": "f0-fully-lf5", "fold": 0, "variant": "fully", "main": False,
-               "accuracy": 0.5, "lambda_fully": 5.0, "map_mse": 0.05},
-              {"key": "f0-weakly-lw0.01", "fold": 0, "variant": "weakly", "main": False,
-               "accuracy": 0.5, "lambda_weakly": 0.01, "map_l1": 0.10, "map_evidence": 0.7}]
-    lab = _hand_results({"baseline": 0.5, "fully": 0.6, "weakly": 0.75, "hybrid": 0.7}, figure,
-                        predicted=[0, 1, 1, 2])
-    for variant, values in maps.items():
-        for column, value in values.items():
-            lab.table.loc[lab.table["key"] == f"f0-{variant}", column] = value
-    wild = _hand_results({"baseline": 0.5, "hybrid": 0.4})
-    claims = study.claims(lab, wild)
-    assert [c.holds for c in claims] == [
-        True,   # fully +10, weakly +25, hybrid +20 points over the baseline
-        False,  # the weakly supervised model is the most accurate, not the hybrid
-        True,   # weakly 75 % > fully 60 %
-        False,  # wild: hybrid 40 % < baseline 50 %
-        True,   # lambda 5: error to targets 0.05 > 0.02 at lambda 10
-        True,   # lambda 0.01: mean |x_hat| 0.10 < 0.30
-        False,  # lambda 0.01: evidence 0.7 is not below 0.6
-        True,   # evidence 0.5, 0.6, 0.55 > chance 0.2
-        True,   # away from the landmarks: weakly 0.3 > fully 0.1
-        True,   # contempt: recall 0.5, the others 1
-    ]
-    assert claims[4].evidence == "error to targets 0.0500 (lambda 5) vs 0.0200 (lambda 10)"
-    assert claims[9].evidence == "lowest recall: contempt (0.50); contempt 0.50 (weakly)"
-    # A baseline alone tests nothing but the hardest expression.
-    alone = study.claims(_hand_results({"baseline": 0.5}, predicted=[1, 1, 2, 2]))
-    assert [c.holds for c in alone] == [None] * 8 + [False]  # neutral's recall is the lowest
+    res = _results({"baseline": [0.6, 0.62, 0.58], "fully": [0.8, 0.83, 0.79],
+                    "weakly": [0.6, 0.64, 0.57], "hybrid": [0.9, 0.93, 0.88]},
+                   extra={"fully": {"map_evidence": [0.6, 0.55, 0.62],
+                                    "chance_evidence": [0.2, 0.21, 0.19],
+                                    "map_away": [0.05, 0.04, 0.06]},
+                          "weakly": {"map_evidence": [0.2, 0.21, 0.19],
+                                     "chance_evidence": [0.2, 0.21, 0.19],
+                                     "map_away": [0.1, 0.095, 0.11]}})
+    assert claims_module.beats_baseline(res, "fully").verdict == HOLDS
+    assert claims_module.beats_baseline(res, "weakly").verdict == FAILS  # +0.3 points
+    every = claims_module.every_variant_beats_baseline(res)
+    assert every.verdict == FAILS and "weakly" in every.reason
+    assert claims_module.hybrid_is_best(res).verdict == HOLDS  # +10 points over fully
+    assert claims_module.weakly_beats_fully(res).verdict == FAILS
+    assert claims_module.on_evidence(res, "fully").verdict == HOLDS
+    assert claims_module.on_evidence(res, "weakly").verdict == FAILS  # at chance
+    assert claims_module.wrinkles(res).verdict == HOLDS  # about 0.05 more in every fold
+    # The same difference in every fold: three folds give the exact sign-flip p = 0.25.
+    same = _results({"baseline": [0.6, 0.62, 0.58], "fully": [0.7, 0.72, 0.68]})
+    claim = claims_module.beats_baseline(same, "fully")
+    assert claim.verdict == FAILS and "p = 0.250" in claim.reason
+    table = tables.accuracy_table(res)
+    assert table.loc[study.LABELS["fully"], "gain over baseline"] == pytest.approx(
+        100 * (np.mean([0.8, 0.83, 0.79]) - np.mean([0.6, 0.62, 0.58])))
+    assert np.isnan(table.loc[study.LABELS["baseline"], "p (paired t-test)"])
 
 
-def test_transfer_pretrains_once_per_variant_and_resumes(tmp_path, monkeypatch) -> None:
-    source = study.prepare(synthetic.generate("synth-wild", n_subjects=4, size=48, seed=1), 0.025)
-    target = study.prepare(synthetic.generate("synth-wild", n_subjects=4, size=48, seed=0), 0.025)
-    splits = study.target_splits(target, 2, seed=0)
-    config = study.Config(**TINY)
-    res = study.run_transfer(source, target, splits, ["baseline", "hybrid"], config, tmp_path,
-                             pretrain_epochs=1, n_show=2)
-    assert sorted(res.table["key"]) == ["f0-baseline", "f0-hybrid", "f1-baseline", "f1-hybrid"]
-    assert (tmp_path / "pre-hybrid" / "model.pt").exists()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(study, "fit", refuse)
-    again = study.run_transfer(source, target, splits, ["baseline", "hybrid"], config, tmp_path,
-                               pretrain_epochs=1, n_show=2)
-    assert again.table["accuracy"].tolist() == res.table["accuracy"].tolist()
-    lab = study.prepare(synthetic.generate("synth-lab", n_subjects=4, size=48, seed=0), 0.025)
-    with pytest.raises(ValueError, match="classes"):
-        study.run_transfer(lab, target, splits, ["baseline"], config, tmp_path / "y",
-                           pretrain_epochs=1)
+def test_a_model_at_the_majority_class_makes_its_claims_not_testable() -> None:
+    # Half the faces are class 0: a model right on half of them is at the majority rate.
+    res = _results({"baseline": [0.5, 0.5, 0.5], "fully": [0.9, 0.9, 0.95]})
+    claim = claims_module.beats_baseline(res, "fully")
+    assert claim.verdict == UNTESTABLE and "Baseline CNN did not learn" in claim.reason
+    two = _results({"baseline": [0.7, 0.72], "fully": [0.9, 0.91]},
+                   settings_=settings(variants=["baseline", "fully"]))
+    claim = claims_module.beats_baseline(two, "fully")
+    assert claim.verdict == UNTESTABLE and "only 2 folds" in claim.reason
 
 
-def test_an_official_split_is_the_target_split(prep) -> None:
-    names = np.where(np.arange(len(prep.labels)) % 4 == 0, "val", "train")
-    official = study.Prepared(**{**prep.__dict__, "split": names})
-    (split,) = study.target_splits(official, 3, seed=0)
-    assert np.array_equal(split.test, np.flatnonzero(names == "val"))
-    assert not set(split.train) & set(split.val) and not set(split.train) & set(split.test)
+def test_the_mechanism_claims_need_the_shortcut_and_a_learned_map() -> None:
+    s = settings(variants=["baseline"], mechanism_variants=["baseline", "unguided", "fully"],
+                 n_folds=3)
+    accs = {"baseline": ([0.9] * 3, [0.55, 0.52, 0.56], [0.1, 0.12, 0.08]),
+            "unguided": ([0.9] * 3, [0.55, 0.52, 0.56], [0.1, 0.12, 0.08]),
+            "fully": ([0.9] * 3, [0.7, 0.72, 0.69], [0.6, 0.65, 0.62])}
+    res = _results({v: a[0] for v, a in accs.items()}, regime="mechanism", settings_=s)
+    for variant, (trained, independent, misleading) in accs.items():
+        for fold in range(3):
+            key = f"mechanism/f{fold}/{variant}"
+            base = res.tests[key]
+            labels = base["label"]
+            for condition, acc in (("trained", trained[fold]), ("independent", independent[fold]),
+                                   ("misleading", misleading[fold])):
+                right = np.arange(len(labels)) < round(acc * len(labels))
+                pred = np.where(right, labels, (labels + 1) % 3)
+                base[f"logits_{condition}"] = np.eye(3)[pred] * 5
+                res.scores[key][f"pred_{condition}"] = pred
+                res.scores[key][f"cue_{condition}"] = (labels + 1) % 3
+            res.scores[key]["map_mse"] = 0.01
+    assert claims_module.takes_shortcut(res).verdict == HOLDS
+    prep = data.Prepared(torch.zeros(200, 1, 4, 4), res.tests["mechanism/f0/fully"]["label"],
+                         np.arange(200), ("neutral", "happiness", "contempt"),
+                         torch.rand(200, 1, 4, 4), None, None, None)
+    assert claims_module.resists(res, "fully", "baseline", prep).verdict == HOLDS
+    assert claims_module.resists(res, "fully", "unguided", prep).verdict == HOLDS
+    # A map no closer to its targets than a constant map: the prior did not act.
+    for fold in range(3):
+        res.scores[f"mechanism/f{fold}/fully"]["map_mse"] = 1.0
+    claim = claims_module.resists(res, "fully", "baseline", prep)
+    assert claim.verdict == UNTESTABLE and "did not learn its targets" in claim.reason
+    # Without a shortcut to remove, nothing can be removed.
+    for fold in range(3):
+        key = f"mechanism/f{fold}/baseline"
+        res.scores[key]["pred_misleading"] = res.scores[key]["pred_independent"]
+    assert claims_module.takes_shortcut(res).verdict == FAILS
+    claim = claims_module.resists(res, "unguided", "baseline", prep)
+    assert claim.verdict == UNTESTABLE and "does not take the shortcut" in claim.reason
 
+
+# ----------------------------------------------------------------------------- a trained study
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple:
+    s = settings()
+    store = Store(tmp_path_factory.mktemp("relevance-store"))
+    results = study.run(s, store)
+    return s, store, results, data.prepared(protocol.data_spec(s), s.sigma_fraction)
+
+
+def test_a_trained_study_stores_and_scores_every_run(trained) -> None:
+    s, store, res, prep = trained
+    assert list(res.runs["key"]) == [run.key for run, _ in protocol.plan(s)]
+    assert res.classes == prep.classes and len(res.wild_classes) == 7
+    scores = res.scores["default/f0/fully"]
+    assert {"map_l1", "map_peak_area", "map_mse", "map_evidence", "map_away", "cam_evidence",
+            "gated_evidence", "chance_evidence"} <= set(scores.columns)
+    # Evidence away from the landmarks is part of the evidence: never a larger share (NaN
+    # where a face has no evidence away from its landmarks).
+    away = scores["map_away"]
+    assert away.notna().any() and (away.isna() | (away <= scores["map_evidence"] + 1e-9)).all()
+    mech = res.scores["mechanism/f0/fully"]
+    assert {f"pred_{c}" for c in data.CUE_CONDITIONS} <= set(mech.columns)
+    assert (mech["map_cue"].between(0, 1)).all() and (mech["chance_cue"] > 0).all()
+    assert res.shown["default/f0/fully"]["map"].shape == (3, 48, 48)
+    assert "map" not in res.shown["default/f0/baseline"]
+    assert {"train_ce", "val_ce"} <= set(res.histories["default/f0/fully"].columns)
+
+
+def test_a_rerun_trains_nothing_and_a_changed_setting_only_its_jobs(trained, capsys) -> None:
+    s, store, res, _ = trained
+    again = study.run(s, store)
+    assert "trained 0" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(again.runs, res.runs)
+    outcome = store.run([job for _, job in protocol.plan(replace(s, lambda_fully_low=2.0))])
+    assert outcome.trained == ["figure/f0/fully/lambda = 2"]
+
+
+def test_tables_claims_and_the_paper_table_of_a_trained_study(trained) -> None:
+    s, _, res, prep = trained
+    table = tables.accuracy_table(res)
+    assert list(table.index) == [study.LABELS[v] for v in s.variants]
+    assert tables.per_fold_table(res).shape == (3, 2)
+    assert {"Landmark targets (eq. 4)", "Chance (uniform map)"} <= set(
+        tables.map_scores(res, prep).index)
+    stats = tables.map_statistics(res, prep)
+    assert "Best constant map (the targets' mean)" in stats.index
+    assert tables.mechanism_table(res).shape[0] == 2
+    found = study.claims(res, prep)
+    # Two folds cannot carry a paired t-test: every comparison over folds is not testable.
+    over_folds = [c for c in found if "Table 4" in c.source or "beyond the paper" in c.source]
+    assert over_folds and all(c.verdict == UNTESTABLE for c in over_folds)
+    measured = study.measured(res)
+    assert set(measured) <= set(paper_results("relevance"))
+    frame = paper_vs_book("relevance", measured)
+    assert frame.loc[("Table 4", "Hybrid minus baseline accuracy (points)"), "this run"] == \
+        MISSING  # hybrid is not among this run's variants
+    assert "not testable" in set(frame["verdict"])
+
+
+def test_every_number_the_prose_cites_is_computed(trained) -> None:
+    _, _, res, prep = trained
+    values = highlights.highlights(res, prep, border={"outside_peak": 0.0, "moved_peak": 1.0})
+    text = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
+                     if c.cell_type == "markdown")
+    cited = set(re.findall(r"\{glue:text\}`([\w.-]+)`", text)) - {"minutes"}
+    assert cited <= set(values), sorted(cited - set(values))
+    assert set(highlights.CITED) == cited
+    assert values["contiguity_start_gradient"] == 0.0
+
+
+# ----------------------------------------------------------------------------- the chapter
 
 def _exercise_commands() -> list[list[str]]:
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -280,7 +459,7 @@ def _exercise_commands() -> list[list[str]]:
 
 def test_every_command_of_the_chapter_passes_the_parameter_checks() -> None:
     commands = _exercise_commands()
-    assert len(commands) >= 5
+    assert len(commands) >= 6
     for argv in commands:
         overrides, profile, i = {}, "cpu", 3
         while i < len(argv):
@@ -295,7 +474,7 @@ def test_every_command_of_the_chapter_passes_the_parameter_checks() -> None:
         given = {**chapters.profile_values(profile, path, ROOT),
                  **study.Settings.given(overrides)}
         try:
-            study.Settings.check(study.Settings.defaults() | given, set(overrides))
+            study.Settings.check(study.Settings.defaults() | given, set(overrides),
+                                 folders=False)
         except ParameterError as err:  # pragma: no cover - the message is the point
             raise AssertionError(f"{' '.join(argv)}:\n{err}") from None
-

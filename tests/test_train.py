@@ -88,6 +88,22 @@ def test_fit_learns_and_records_history():
     assert history.best_epoch == int(frame.val_loss.idxmin())
 
 
+def test_the_cross_entropy_is_recorded_whatever_the_loss_and_can_select_the_epoch():
+    model, data = small_esr(), toy()
+
+    def doubled(out, y):  # a training objective other than the cross-entropy
+        return 2 * member_cross_entropy(out, y)
+
+    history = fit(model, data, data, cfg(3, loss=doubled, select="val_ce"))
+    frame = history.to_frame()
+    torch.testing.assert_close(torch.tensor(frame.val_loss.to_numpy()),
+                               torch.tensor(2 * frame.val_ce.to_numpy()))
+    assert history.best_epoch == int(frame.val_ce.idxmin())
+    x, y = data.tensors
+    loss = member_cross_entropy(predict(model, x, device="cpu", batch_size=16), y).item()
+    assert loss == pytest.approx(frame.val_ce.min(), rel=1e-5)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_best_validation_weights_are_restored(precision):
     model, data = small_esr(), toy()

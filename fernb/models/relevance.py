@@ -31,9 +31,23 @@ from the text, so these are this book's choices, each a keyword argument:
   activation function", although it calls ``x_hat`` a probability map; eq. (6) takes
   ``|x_hat|``, which only matters for a map that can be negative, so the linear output is
   kept. ``"sigmoid"`` gives a map in (0, 1).
-- ``n_eblocks=2`` e-blocks with the last block's filter count, after the last conv-conv-pool
-  block and before the dense layers (the text: "it starts with several sequences of
-  convolution-convolution-pooling layers ... Then, we introduce ... the e-block").
+- ``n_eblocks=2`` e-blocks with the filter count of the block before them, after the last
+  conv-conv-pool block and before the dense layers (the text: "it starts with several
+  sequences of convolution-convolution-pooling layers ... Then, we introduce ... the
+  e-block"). ``eblock_after=k`` puts them after the k-th block instead, at a finer stride
+  2**k, with the remaining blocks after them.
+- ``gate="mean"``: eq. (1) multiplies the features by ``x_hat`` but does not say at what
+  scale. Read literally (``gate="literal"``), a map whose mean is well below 1 (the
+  landmark targets of eq. 4 average about 0.2, and eq. 6 pulls every pixel towards 0)
+  shrinks the features at every e-block, two e-blocks by the square of it, and the dense
+  layers start from near-zero inputs: measured on synth-lab at 48 px, the fully supervised
+  network then sits at the majority class for several epochs. ``"mean"`` divides the map,
+  once brought to the feature map, by its mean magnitude over that map (per image), so the
+  gate redistributes the features over the face without changing their overall scale: the
+  map's shape, not its size, reaches the classifier. The relevance losses still act on
+  ``x_hat`` itself; under ``"mean"`` the sparsity of eq. (6) can therefore shrink the whole
+  map without cost to the classifier, so a map's sparsity is best read from its shape
+  (e.g. the share of its pixels above half its peak), not from its mean.
 - ``padding="same"`` in the representation component: the e-blocks' feature map at stride
   ``s = 2**rep_blocks`` is then exactly ``x_hat`` averaged over s x s blocks (the pixels the
   max-pools merged), cropped where a pooling floored an odd size. ``"valid"`` convolutions
@@ -89,6 +103,8 @@ from fernb.train.optim import Schedule
 
 PADDINGS = ("same", "valid")
 MAP_ACTIVATIONS = ("linear", "sigmoid")
+GATES = ("mean", "literal")
+GATE_EPS = 1e-6  # smallest mean magnitude a "mean" gate divides by
 INITS = ("kaiming", "torch")
 SIGMA_FRACTION = 1 / 40  # default Gaussian sigma as a fraction of the map side (3 px at 120)
 
@@ -180,6 +196,21 @@ def _double_conv(in_chans: int, out_chans: int, padding: int) -> nn.Sequential:
                          nn.Conv2d(out_chans, out_chans, 3, padding=padding), nn.ReLU())
 
 
+def gate(relevance: torch.Tensor, size: Sequence[int], stride: int,
+         mode: str = "mean") -> torch.Tensor:
+    """What an e-block multiplies its features by: ``x_hat`` (B, 1, H, W) brought to the
+    feature map (:func:`fit_relevance`), as it is (``"literal"``, eq. 1 as printed) or divided
+    by its mean magnitude over the feature map, per image (``"mean"``), so that the gate
+    averages 1 in magnitude and keeps the features' scale."""
+    if mode not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got {mode!r}")
+    fitted = fit_relevance(relevance, size, stride)  # (B, 1, h, w)
+    if mode == "literal":
+        return fitted
+    scale = fitted.abs().mean(dim=(-2, -1), keepdim=True)
+    return fitted / scale.clamp_min(GATE_EPS)
+
+
 class EBlock(nn.Module):
     """Expression block, eq. (1): ``a_l = ReLU(W * a_{l-1}) (.) x_hat`` (Fig. 5).
 
@@ -187,40 +218,52 @@ class EBlock(nn.Module):
         in_chans, out_chans: channels of ``a_{l-1}`` and ``a_l``.
         padding: of the 3x3 convolution (1 = 'same', 0 = 'valid').
         stride: input pixels per feature-map pixel, used to bring ``x_hat`` to the map.
+        gate: how ``x_hat`` multiplies the features (:func:`gate`).
     """
 
-    def __init__(self, in_chans: int, out_chans: int, padding: int, stride: int) -> None:
+    def __init__(self, in_chans: int, out_chans: int, padding: int, stride: int,
+                 gate: str = "mean") -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.conv = nn.Conv2d(in_chans, out_chans, 3, padding=padding)
         self.stride = stride
+        self.gate = gate
 
     def forward(self, a: torch.Tensor, relevance: torch.Tensor | None = None) -> torch.Tensor:
         """Without ``relevance`` the block is a convolution and ReLU (the baseline)."""
         a = F.relu(self.conv(a))  # (B, C', H', W')
         if relevance is None:
             return a
-        return a * fit_relevance(relevance, a.shape[-2:], self.stride)
+        return a * gate(relevance, a.shape[-2:], self.stride, self.gate)
 
 
 class Representation(nn.Module):
-    """``F(x, x_hat)``: conv-conv-pool blocks, then e-blocks (Sec. III-A-2)."""
+    """``F(x, x_hat)``: conv-conv-pool blocks with the e-blocks after the ``position``-th
+    (the last by default; Sec. III-A-2)."""
 
     def __init__(self, in_chans: int, filters: Sequence[int], n_eblocks: int,
-                 padding: int) -> None:
+                 padding: int, position: int | None = None, gate: str = "mean") -> None:
         super().__init__()
+        position = len(filters) if position is None else position
+        if not 1 <= position <= len(filters):
+            raise ValueError(f"the e-blocks sit after block 1..{len(filters)}, got {position}")
         chans = [in_chans, *filters]
         self.blocks = nn.ModuleList(nn.Sequential(_double_conv(chans[i], c, padding),
                                                   nn.MaxPool2d(2))
                                     for i, c in enumerate(filters))
-        stride = 2 ** len(filters)
-        self.eblocks = nn.ModuleList(EBlock(filters[-1], filters[-1], padding, stride)
+        width = filters[position - 1]
+        self.eblocks = nn.ModuleList(EBlock(width, width, padding, 2 ** position, gate)
                                      for _ in range(n_eblocks))
+        self.position = position
 
     def forward(self, x: torch.Tensor, relevance: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
+        for block in self.blocks[:self.position]:
             x = block(x)
         for eblock in self.eblocks:
             x = eblock(x, relevance)
+        for block in self.blocks[self.position:]:
+            x = block(x)
         return x  # (B, C', H', W')
 
 
@@ -275,14 +318,19 @@ def _kaiming(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _feature_side(side: int, blocks: int, n_eblocks: int, shrink: int) -> int:
+def _feature_side(side: int, blocks: int, n_eblocks: int, shrink: int,
+                  position: int | None = None) -> int:
     """Feature-map side after the representation component (``shrink`` pixels lost per
-    convolution); 0 when it vanishes."""
-    for _ in range(blocks):
+    convolution, the e-blocks after block ``position``, the last by default); 0 when it
+    vanishes."""
+    position = blocks if position is None else position
+    for i in range(blocks):
         side = (side - 2 * shrink) // 2
+        if i + 1 == position:
+            side -= n_eblocks * shrink
         if side < 1:
             return 0
-    return max(0, side - n_eblocks * shrink)
+    return side
 
 
 class BaselineCNN(nn.Module):
@@ -295,7 +343,9 @@ class BaselineCNN(nn.Module):
         width: channel multiplier of every convolution; 1.0 = the module's choices.
         rep_blocks: conv-conv-pool blocks of the representation component (L_F).
         rep_filters: filters of the first block, doubled per block.
-        n_eblocks: e-blocks after the last block (at least 1).
+        n_eblocks: e-blocks (at least 1).
+        eblock_after: the conv-conv-pool block the e-blocks follow (1..rep_blocks); None
+            for the last.
         padding: ``"same"`` or ``"valid"`` convolutions in the representation component.
         hidden: units of the dense layers before the output layer.
         dropout: dropout after each hidden dense layer (0 = none, as in the paper).
@@ -303,21 +353,25 @@ class BaselineCNN(nn.Module):
             defaults).
         seed: build under ``seeded(seed, 0)``; None uses the caller's RNG.
 
-    ``forward(x)`` returns logits (B, 1, C); ``cam_layer()`` is the last e-block, the layer
-    :func:`fernb.explain.gradcam` explains.
+    ``forward(x)`` returns logits (B, 1, C); ``cam_layer()`` is the block the e-blocks follow,
+    the layer :func:`fernb.explain.gradcam` explains (before any product with a map).
     """
 
     def __init__(self, *, n_classes: int = 8, image_size: int | tuple[int, int] = 120,
                  in_chans: int = 1, width: float = 1.0, rep_blocks: int = 3,
-                 rep_filters: int = 32, n_eblocks: int = 2, padding: str = "same",
-                 hidden: Sequence[int] = (512, 512), dropout: float = 0.0,
-                 init: str = "kaiming", seed: int | None = None) -> None:
+                 rep_filters: int = 32, n_eblocks: int = 2, eblock_after: int | None = None,
+                 padding: str = "same", hidden: Sequence[int] = (512, 512),
+                 dropout: float = 0.0, init: str = "kaiming",
+                 seed: int | None = None) -> None:
         super().__init__()
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         check_sizes(n_classes=n_classes, in_chans=in_chans, width=width)
         if rep_blocks < 1 or n_eblocks < 1:
             raise ValueError(f"rep_blocks and n_eblocks must be at least 1, got rep_blocks="
                              f"{rep_blocks}, n_eblocks={n_eblocks}")
+        if eblock_after is not None and not 1 <= eblock_after <= rep_blocks:
+            raise ValueError(f"eblock_after must name a block 1..{rep_blocks} (rep_blocks) or "
+                             f"be None for the last, got {eblock_after}")
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if not 0 <= dropout < 1:
@@ -325,7 +379,8 @@ class BaselineCNN(nn.Module):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         shrink = 2 if padding == "valid" else 0  # pixels a 3x3 convolution removes
-        fh, fw = (_feature_side(s, rep_blocks, n_eblocks, shrink) for s in (h, w))
+        fh, fw = (_feature_side(s, rep_blocks, n_eblocks, shrink, eblock_after)
+                  for s in (h, w))
         if fh < 1 or fw < 1:
             raise ValueError(f"image_size={image_size} is too small for rep_blocks={rep_blocks}, "
                              f"n_eblocks={n_eblocks} and padding={padding!r}: the feature map "
@@ -339,7 +394,7 @@ class BaselineCNN(nn.Module):
         filters = [scaled(rep_filters * 2**i, width) for i in range(rep_blocks)]
         with self._init_stream(0):
             self.representation = Representation(in_chans, filters, n_eblocks,
-                                                 0 if shrink else 1)
+                                                 0 if shrink else 1, eblock_after)
             layers: list[nn.Module] = [nn.Flatten()]
             n_in = filters[-1] * fh * fw
             for units in hidden:
@@ -356,9 +411,16 @@ class BaselineCNN(nn.Module):
         return nullcontext() if self.seed is None else seeded(self.seed, key)
 
     def cam_layer(self, member: int = 0, image_size: int | None = None) -> nn.Module:
-        """The last e-block, whatever ``image_size``: its output is the feature map Grad-CAM
-        weighs."""
+        """The conv-conv-pool block the e-blocks follow, whatever ``image_size``: its output
+        is the feature map Grad-CAM weighs, *before* any relevance map multiplies it, so a
+        map explains where the representation responds rather than restating ``x_hat``
+        (:meth:`gated_layer` gives the map after the products)."""
         member_index(member, 1)
+        return self.representation.blocks[self.representation.position - 1]
+
+    def gated_layer(self) -> nn.Module:
+        """The last e-block: its output is what the rest of the network receives, the
+        features after every product with ``x_hat`` (in the baseline, without one)."""
         return self.representation.eblocks[-1]
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -392,6 +454,9 @@ class RelevanceNet(BaselineCNN):
         map_start: value of ``x_hat`` everywhere at initialisation (zero head weights, the
             bias set to give it), or None for a randomly initialised head.
         skip_connections: concatenate encoder features into the decoder (U-Net style).
+        gate: how the e-blocks multiply by ``x_hat``: ``"mean"`` (divided by its mean
+            magnitude over the feature map, keeping the features' scale) or ``"literal"``
+            (eq. 1 as printed); see :func:`gate`.
 
     ``forward_with_map(x)`` returns ((B, 1, C) logits, (B, 1, H, W) relevance map);
     ``forward(x)`` the logits only.
@@ -399,9 +464,14 @@ class RelevanceNet(BaselineCNN):
 
     def __init__(self, *, parts_blocks: int = 3, parts_filters: int = 32,
                  map_activation: str = "linear", map_start: float | None = 1.0,
-                 skip_connections: bool = False,
+                 skip_connections: bool = False, gate: str = "mean",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        for eblock in self.representation.eblocks:
+            eblock.gate = gate
+        self.gate = gate
         if parts_blocks < 1:
             raise ValueError(f"parts_blocks must be at least 1, got {parts_blocks}")
         if any(side % 2**parts_blocks for side in self.image_size):

@@ -59,7 +59,9 @@ class History:
     objective) and, per member ``m`` (1-based) and for the ensemble, ``train_acc_m`` and
     ``train_acc_ens`` (classification; plurality vote) or ``train_rmse_m`` and
     ``train_rmse_ens`` (regression; mean of the members); the same with ``val_`` when there
-    is validation data. Training metrics come from the training passes themselves
+    is validation data. Classification adds ``train_ce`` (and ``val_ce``): the members'
+    summed cross-entropy (:func:`member_cross_entropy`) whatever the training loss, so that
+    models trained with different objectives can be selected alike (``select="val_ce"``). Training metrics come from the training passes themselves
     (augmented, train mode). ``best_epoch`` is the epoch whose weights were kept.
     """
 
@@ -182,10 +184,11 @@ def _set_train_mode(model: nn.Module) -> None:
 
 
 class _Metrics:
-    """Accumulates the loss and per-member / ensemble accuracy or RMSE over an epoch."""
+    """Accumulates the loss and per-member / ensemble accuracy or RMSE over an epoch, and for
+    classification the members' cross-entropy (``_ce``) whatever the training loss."""
 
     def __init__(self, task: str) -> None:
-        self.task, self.n, self.loss = task, 0, 0.0
+        self.task, self.n, self.loss, self.ce = task, 0, 0.0, 0.0
         self.member: torch.Tensor | float = 0.0
         self.ensemble: torch.Tensor | float = 0.0
 
@@ -195,6 +198,7 @@ class _Metrics:
         self.n += b
         self.loss += loss * b
         if self.task == "classification":
+            self.ce += member_cross_entropy(out, y.float() if y.ndim == 2 else y).item() * b
             labels = y.argmax(-1) if y.ndim == 2 else y  # soft labels: their arg-max
             self.member = self.member + (out.argmax(-1) == labels[:, None]).sum(0).cpu()
             self.ensemble += (plurality_vote(out) == labels).sum().item()
@@ -206,6 +210,7 @@ class _Metrics:
     def summary(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}_loss": self.loss / self.n}
         if self.task == "classification":
+            out[f"{prefix}_ce"] = self.ce / self.n
             member, ens, name = self.member / self.n, self.ensemble / self.n, "acc"
         else:
             member, ens, name = (self.member / self.n).sqrt(), math.sqrt(self.ensemble / self.n), "rmse"
@@ -278,7 +283,8 @@ class FitConfig:
             ``"forward_with_map"``; it returns (B, M, C) logits, or a tuple whose first
             element they are (the loss receives the whole output).
         select: the history column whose best value picks the epoch whose weights are kept
-            (and that early stopping watches), e.g. ``"val_loss"`` or ``"val_acc_ens"``;
+            (and that early stopping watches), e.g. ``"val_loss"``, ``"val_ce"`` (the
+            classification objective alone, whatever the loss) or ``"val_acc_ens"``;
             without validation data the last epoch is kept.
         maximize: whether a larger ``select`` is better (accuracies) or a smaller (losses).
         early_stopping: stop after this many epochs without a better ``select``.
