@@ -550,10 +550,18 @@ def test_the_install_cell_installs_fernb_from_the_books_repository(monkeypatch) 
                        f"fernb @ git+{config['url']}@{config['branch']}"], {"check": True})]
 
 
+def _without_install_cell(name: str, tmp_path: Path) -> Path:
+    """A copy of a chapter as it was before it had an install cell."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    nb.cells = [c for c in nb.cells if launch.INSTALL_TAG not in c.metadata.get("tags", [])]
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
 def test_the_install_cell_goes_first_into_a_chapter_once(tmp_path: Path) -> None:
     import papermill
-    path = tmp_path / "01_esr.ipynb"
-    shutil.copy(ROOT / "notebooks" / "01_esr.ipynb", path)
+    path = _without_install_cell("01_esr", tmp_path)
     before = nbformat.read(path, as_version=4)
     assert launch.insert_install_cell(path, ROOT)
     after = nbformat.read(path, as_version=4)
@@ -574,8 +582,7 @@ def test_the_install_cell_goes_first_into_a_chapter_once(tmp_path: Path) -> None
 
 
 def test_the_install_cell_command(tmp_path: Path, capsys) -> None:
-    path = tmp_path / "00_data.ipynb"
-    shutil.copy(ROOT / "notebooks" / "00_data.ipynb", path)
+    path = _without_install_cell("00_data", tmp_path)
     assert cli.main(["course", "install-cell", "--check", str(path)]) == 1
     assert cli.main(["course", "install-cell", str(path)]) == 0
     assert cli.main(["course", "install-cell", "--check", str(path)]) == 0
@@ -595,26 +602,13 @@ def test_colab_and_kaggle_links_come_from_the_repository_in_config() -> None:
         launch.colab_url("x.ipynb", repo=("https://gitlab.com/a/b", "main"))
 
 
-# Chapters still to be wired to the course: the install cell first (`fernb course
-# install-cell --all`), the time estimate of their learning objectives glued from
-# fernb.course.schedule (`report.glue_all(course.highlights(NAME))`, cited as
-# {glue:text}`study_minutes`). Strict: a chapter leaves its set when it is wired.
-WITHOUT_INSTALL_CELL = set(chapters.notebook_names(ROOT))
-TIME_TYPED = set(chapters.notebook_names(ROOT))
-
-
-def _pending(names: set[str], reason: str) -> list:
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=reason))
-            if n in names else n for n in chapters.notebook_names(ROOT)]
-
-
-@pytest.mark.parametrize("name", _pending(WITHOUT_INSTALL_CELL, "no install cell yet"))
+@pytest.mark.parametrize("name", chapters.notebook_names(ROOT))
 def test_every_chapter_opens_with_the_install_cell(name: str) -> None:
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     assert launch.has_current_install_cell(nb, ROOT)
 
 
-@pytest.mark.parametrize("name", _pending(TIME_TYPED, "time estimate typed, not glued"))
+@pytest.mark.parametrize("name", chapters.notebook_names(ROOT))
 def test_every_chapter_cites_its_time_estimate_from_the_schedule(name: str) -> None:
     nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
     objectives = [c.source for c in nb.cells

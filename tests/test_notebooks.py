@@ -35,6 +35,21 @@ def test_notebook_runs_with_smoke_profile(name: str, tmp_path: Path) -> None:
     assert list((result.results_dir / "tables").glob("*.csv")), "no table written"
 
 
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_gpu_profile_runs_at_smoke_scale(name: str, tmp_path: Path) -> None:
+    """The gpu profile's settings (its images' size, its other values) on the code paths
+    they take, with its epochs, subjects and seeds cut to the smoke profile's."""
+    path = chapters.resolve_notebook(name, ROOT)
+    overrides = chapters.at_smoke_scale(path, chapters.load_profile("gpu", ROOT).get(name, {}),
+                                        ROOT)
+    result = runner.run_notebook(name, profile="smoke", overrides=overrides, root=ROOT,
+                                 output_dir=tmp_path / "res", notebook_dir=tmp_path / "nb",
+                                 progress=False, timeout=600)
+    ran = json.loads((result.results_dir / "metrics.json").read_text())["params"]
+    assert {k: ran[k] for k in overrides} == json.loads(json.dumps(overrides))
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_the_parameters_cell_is_written_from_the_declaration(name: str) -> None:
     """A parameter missing from the cell, or a default that differs from the declared one,
