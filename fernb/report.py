@@ -404,26 +404,6 @@ def paper_vs_book(chapter: str, measured: Mapping[str, Any], *,
     return table.set_index(["where", "quantity"])
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a paper checked on this run: ``holds`` is None when the run cannot test
-    it (e.g. a strategy left out of the grid); ``evidence`` gives the numbers."""
-
-    claim: str
-    source: str
-    holds: bool | None
-    evidence: str = ""
-
-
-def claims_table(claims: Sequence[Claim]) -> pd.DataFrame:
-    """The claims of a paper, whether each holds in this run ("yes", "no" or "not tested")
-    and the numbers that decide it."""
-    answer = {True: "yes", False: "no", None: "not tested"}
-    return pd.DataFrame([{"claim": c.claim, "where": c.source,
-                          "holds in this run": answer[None if c.holds is None else bool(c.holds)],
-                          "evidence": c.evidence} for c in claims]).set_index("claim")
-
-
 def glue(name: str, value: Any, fmt: str | None = None) -> Any:
     """Make ``value`` citable in the chapter's Markdown as ``{glue:text}`name``` (myst-nb);
     ``fmt`` (e.g. ``".1f"``) formats a number into text first. Returns the glued value."""

@@ -180,14 +180,6 @@ def test_paper_vs_book_list_values():
     assert row["paper"] == "8.7, 0, 0, 7.7, 0, 1, 0" and row["verdict"] == "exact"
 
 
-def test_claims_table():
-    table = report.claims_table([report.Claim("ensembles win", "Table 1", True, "89 > 85"),
-                                 report.Claim("level 3 best", "Fig. 4", False),
-                                 report.Claim("frozen worst", "Fig. 4", None)])
-    assert list(table["holds in this run"]) == ["yes", "no", "not tested"]
-    assert table.loc["ensembles win", "evidence"] == "89 > 85"
-
-
 def test_metrics_write_null_for_nan(tmp_path):
     rep = Report(tmp_path)
     rep.metrics(score=float("nan"), scores=[1.0, np.float32("nan")], p=np.float64("inf"))
