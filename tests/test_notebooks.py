@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from fernb import chapters, runner
+from fernb.verdicts import VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = runner.notebook_names(ROOT)
@@ -33,6 +35,10 @@ def test_notebook_runs_with_smoke_profile(name: str, tmp_path: Path) -> None:
     assert metrics["environment"]["device"]
     assert list((result.results_dir / "figures").glob("*.png")), "no figure written"
     assert list((result.results_dir / "tables").glob("*.csv")), "no table written"
+    claims = [pd.read_csv(p) for p in (result.results_dir / "tables").glob("claims*.csv")]
+    assert claims or name == "00_data", "no claims table written"  # the data chapter tests none
+    for table in claims:  # every claim judged by fernb.verdicts, each verdict with its reason
+        assert set(table["verdict"]) <= set(VERDICTS) and table["why"].str.len().min() > 0
 
 
 @pytest.mark.notebook
