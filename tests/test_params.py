@@ -121,7 +121,7 @@ def test_a_parameter_declared_once_reaches_every_check(tmp_path):
     ("dataset", "nosuch", r"dataset = 'nosuch': must be one of ckplus"),
     ("trials", "[]", r"trials = \[\]: must be a list of at least 1"),
     ("trials", "[7]", r"trials = \[7\]: a trial is a test fold, so each must be in 0\.\.5"),
-    ("milestones", "[1, 9]", r"milestones = \[1, 9\] .* 1\.\.epochs \(6\)"),
+    ("milestones", "[1, 11]", r"milestones = \[1, 11\] .* 1\.\.epochs \(10\)"),
     ("n_train_folds", "5", r"n_train_folds = 5 leaves no test and validation fold"),
     ("saliency_run", "[frozen, 4]", r"saliency_run = \['frozen', 4\] must be"),
     ("data_root", "/tmp", r"data_root = '/tmp' is not used by dataset = 'synth-lab'"),

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from fernb.course import schedule
 from fernb.data.datasets import FaceDataset
 from fernb.device import computed_precision
 from fernb.params import ParameterError
@@ -356,7 +357,8 @@ def test_toy_highlights_give_every_glued_name_of_the_chapter(toy) -> None:
     evidence = study.evidence(results, n_images=4)
     claimed = study.claims(results, evidence)
     glued = (set(study.highlights(results, claimed, evidence))
-             | set(study.describe(results.settings)) | set(study.elapsed(0.0)))
+             | set(study.describe(results.settings)) | set(study.elapsed(0.0))
+             | set(schedule.highlights("05_faml_t2v")))
     nb = nbformat.read(ROOT / "notebooks" / "05_faml_t2v.ipynb", as_version=4)
     cited = {m for c in nb.cells if c.cell_type == "markdown"
              for m in re.findall(r"\{glue:text\}`([^`]+)`", c.source)}

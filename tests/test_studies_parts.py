@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fernb import chapters
+from fernb.course import schedule
 from fernb.data.datasets import FaceDataset
 from fernb.params import ParameterError
 from fernb.report import paper_results, paper_vs_book
@@ -348,7 +349,7 @@ def test_every_sentence_the_prose_cites_is_computed(results):
     values = study.highlights(results, shifts=study.displacements(results.plan.lab),
                               probe=probe, errors=errors, judged=judged,
                               verdicts=study.curve_claims(results), comparison=comparison)
-    values |= study.minutes(0.0)
+    values |= study.minutes(0.0) | schedule.highlights("03_fll_to_fer")
     missing = notebook_glue() - set(values)
     assert not missing, f"glued in the notebook but never computed: {sorted(missing)}"
     assert all(isinstance(v, (str, int, float)) for v in values.values())

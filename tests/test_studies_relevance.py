@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fernb import chapters
+from fernb.course import schedule
 from fernb.data import synthetic
 from fernb.params import ParameterError
 from fernb.report import MISSING, paper_results, paper_vs_book
@@ -442,7 +443,8 @@ def test_every_number_the_prose_cites_is_computed(trained) -> None:
     values = highlights.highlights(res, prep, border={"outside_peak": 0.0, "moved_peak": 1.0})
     text = "\n".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells
                      if c.cell_type == "markdown")
-    cited = set(re.findall(r"\{glue:text\}`([\w.-]+)`", text)) - {"minutes"}
+    cited = (set(re.findall(r"\{glue:text\}`([\w.-]+)`", text)) - {"minutes"}
+             - set(schedule.highlights("02_relevance_maps")))
     assert cited <= set(values), sorted(cited - set(values))
     assert set(highlights.CITED) == cited
     assert values["contiguity_start_gradient"] == 0.0

@@ -63,7 +63,7 @@ class Settings(ChapterSettings):
         {"varied": [3, 4, 5], "frozen": [3], "interleaved": [3]},
         MappingOf(Choice(*STRATEGIES), ListOf(Range(1, 5, integer=True), unique=True)),
         "strategy -> branching levels of the ESR-4 runs (paper: every level, varied)")
-    epochs: int = param(6, POSITIVE_INT, "epochs per added branch or network")
+    epochs: int = param(10, POSITIVE_INT, "epochs per added branch or network")
     lr: float = param(0.05, LEARNING_RATE, "paper: 0.1")
     lr_trained: float = param(0.01, LEARNING_RATE,
                               "trained branches under the varied strategy (paper: 0.02)")
@@ -81,14 +81,15 @@ class Settings(ChapterSettings):
     wild_root: str = param("", None, "folder of the real in-the-wild dataset")
     wild_subjects: int = param(60, Range(4, 10_000, integer=True), "synth-wild subjects for ESR-9")
     wild_size: int = param(64, Range(56, 224, integer=True), "paper: 96")
-    wild_width: float = param(0.125, Range(0, 4, open_low=True), "paper: 1.0")
+    wild_width: float = param(0.25, Range(0, 4, open_low=True), "paper: 1.0")
     wild_branches: int = param(4, Range(1, 32, integer=True), "paper: 9")
     wild_per_class: int = param(150, POSITIVE_INT, "balanced subsets of up to this many "
                                 "images per class (paper: 5000)")
-    wild_epochs_first: int = param(8, POSITIVE_INT,
+    wild_epochs_first: int = param(20, POSITIVE_INT,
                                    "epochs of the first branch (authors' code: 50)")
-    wild_epochs: int = param(8, POSITIVE_INT, "epochs of each later branch (authors' code: 20)")
-    wild_lr: float = param(0.1, LEARNING_RATE, "paper: 0.1")
+    wild_epochs: int = param(10, POSITIVE_INT, "epochs of each later branch (authors' code: 20)")
+    wild_lr: float = param(0.02, LEARNING_RATE, "paper: 0.1, at which a network this small "
+                          "does not learn synth-wild")
     wild_lr_trained: float = param(0.01, LEARNING_RATE, "trained branches (paper: 0.01)")
     wild_lr_step: int = param(10, POSITIVE_INT,
                               "epochs between halvings of the learning rate (paper: 10)")

@@ -96,7 +96,7 @@ def rate_sentences(results: Results) -> dict[str, object]:
         out["rate_reading"] = (f"This run fine-tunes at the one rate it was given, "
                                f"{summary['rate']:.2g}, without measuring others")
     travel = travel_table(results)
-    lab = travel.xs(("default", f"lab-t{results.settings.trials[0]}"))
+    lab = travel.sort_index().xs(("default", f"lab-t{results.settings.trials[0]}"))
     out["travel_reading"] = (
         f"On the lab set stage 1 moved the FTL networks' kernels by "
         f"{lab.at['FTL', 'stage 1 (%)']:.0f}% of their size and EL's by "
