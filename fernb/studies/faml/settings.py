@@ -100,7 +100,7 @@ class Settings(ChapterSettings):
                                              "ImageNet); rows without one are pre-trained here")
     pretrain_subjects: int = param(40, Range(8, 10_000, integer=True),
                                    "synth-lab subjects of the pre-training")
-    pretrain_epochs: int = param(30, POSITIVE_INT,
+    pretrain_epochs: int = param(12, POSITIVE_INT,
                                  "epochs of the pre-training (SGD with cosine annealing)")
     pretrain_lr: float = param(0.05, LEARNING_RATE, "SGD learning rate of the pre-training")
     n_networks: int = param(4, Range(2, 16, integer=True), "networks per ensemble (paper: 6)")
@@ -110,7 +110,7 @@ class Settings(ChapterSettings):
                                  "FGA generations (paper: not given)")
     lr1: float = param(0.001, LEARNING_RATE, "Lr_1, Adam with cosine annealing (paper: 0.0003)")
     lr2: float = param(1e-05, LEARNING_RATE, "Lr_2, Adam with StepLR (paper: 0.00001)")
-    max_epochs1: int = param(10, POSITIVE_INT, "phase 1 ends when the training loss is stable "
+    max_epochs1: int = param(5, POSITIVE_INT, "phase 1 ends when the training loss is stable "
                              "or here (paper: stable)")
     epochs2: int = param(1, POSITIVE_INT, "epochs of phase 2 (paper: not given)")
     step_size: int = param(1, POSITIVE_INT, "StepLR step of phase 2 (paper: not given)")
