@@ -458,11 +458,6 @@ def test_saliency_faces_are_the_last_happiness_and_fear_faces_of_the_test_fold()
     assert protocol.saliency_images(data, no_fear).tolist() == [5]
 
 
-def test_a_computed_precision_trains_as_fit_understands_it() -> None:
-    from fernb.studies.esr.wild import fit_precision
-    assert [fit_precision(p) for p in ("fp32", "bf16", "fp16-amp")] == ["fp32", "bf16", "auto"]
-
-
 def test_paper_values_are_this_runs_trial_means_and_judged_claims() -> None:
     results = _results(_lab(GOOD), 3)
     judged = claims.judge_claims(results, claims.learning_checks(results))

@@ -41,7 +41,7 @@ from fernb.io import atomic_savez
 from fernb.models.esr import ESR, single_network, traditional_ensemble
 from fernb.store import Entry, Job, Outcome, Store
 from fernb.studies.esr.settings import Settings
-from fernb.studies.esr.wild import WildResults, fit_precision, load_wild, wild_jobs
+from fernb.studies.esr.wild import WildResults, load_wild, wild_jobs
 from fernb.train import (STRATEGIES, FitConfig, History, Schedule, sgd, train_bagging,
                          train_esr)
 from fernb.train import fit as _fit
@@ -140,7 +140,7 @@ class LabTraining:
     def fit_config(self, image_size: int, device: str) -> FitConfig:
         return FitConfig(
             epochs=self.epochs, optimizer=sgd(self.lr), batch_size=self.batch_size,
-            device=device, precision=fit_precision(self.precision), seed=self.seed,
+            device=device, precision=self.precision, seed=self.seed,
             augment=BatchAugmentation(self.augment, image_size),
             schedule=Schedule("StepLR", step_size=self.lr_step, gamma=0.5)
             if self.lr_step else None)
@@ -263,7 +263,7 @@ def train_lab(job: Job, entry: Entry, store: Store) -> dict:
     model, histories = _train(run, data, folds, split, training, device, entry.checkpoint,
                               hook)
     logits = predict(model, data.subset(split.test), device=device,
-                     precision=fit_precision(training.precision)).numpy()  # (N, M, C)
+                     precision=training.precision).numpy()  # (N, M, C)
     labels = data.labels[split.test]
     entry.save_arrays("test", logits=logits, labels=labels, indices=split.test)
     for i, history in enumerate(histories, start=1):

@@ -23,13 +23,6 @@ from fernb.train import (FitConfig, Schedule, balanced_subset, finetune_affect, 
                          train_esr)
 
 
-def fit_precision(name: str) -> str:
-    """The ``precision`` argument of :class:`fernb.train.FitConfig` that trains at the
-    computed precision ``name`` (fp16 mixed precision is what ``"auto"`` means on a GPU
-    without bf16)."""
-    return "auto" if name == "fp16-amp" else name
-
-
 @dataclass(frozen=True)
 class WildTraining:
     """ESR-9's schedule (paper, "Evaluation on the AffectNet Dataset", and the authors'
@@ -112,7 +105,7 @@ def train_wild(job: Job, entry: Entry, store: Store) -> dict:
     partition, else a subject-independent holdout; Algorithm 1, "varied"); store its weights,
     test logits and one history per branch."""
     t: WildTraining = job.spec["training"]
-    device, precision = job.runtime.get("device", "auto"), fit_precision(t.precision)
+    device, precision = job.runtime.get("device", "auto"), t.precision
     train, val, test = _wild_parts(job.spec["data"].load(), t.seed)
     subsets = [balanced_subset(train.labels, t.per_class, seed=t.seed + b)
                for b in range(t.n_branches)]
@@ -143,7 +136,7 @@ def train_affect(job: Job, entry: Entry, store: Store) -> dict:
     emotion = store.get(job.needs[0])
     w: WildTraining = job.needs[0].spec["training"]
     t: AffectTraining = job.spec["training"]
-    device, precision = job.runtime.get("device", "auto"), fit_precision(t.precision)
+    device, precision = job.runtime.get("device", "auto"), t.precision
     train, val, test = _wild_parts(job.spec["data"].load(), w.seed)
     if train.valence_arousal is None:
         return {"affect": False, "stages": 0}
