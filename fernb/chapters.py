@@ -111,10 +111,9 @@ def validate_profile(profile: str, root: Path | None = None) -> None:
 def at_smoke_scale(path: Path, values: Mapping[str, Any],
                    root: Path | None = None) -> dict[str, Any]:
     """``values`` (e.g. another profile's, or an exercise's ``-p`` settings) reduced to the
-    smoke profile's size: a number larger than the smoke profile's value for it takes that
-    value, a list longer than the smoke profile's is cut to its length (two at least, so a
-    paired test still has its pairs); every other value is kept. Runs the same code paths at
-    the size of a test."""
+    smoke profile's size: a number larger than the smoke profile's value for it, or a list
+    longer than the smoke profile's, takes the smoke profile's value; every other value is
+    kept. Runs the same code paths at the size of a test."""
     smoke = profile_values("smoke", path, root)
     scaled = {}
     for key, value in settings_of(path).given(values).items():
@@ -124,7 +123,7 @@ def at_smoke_scale(path: Path, values: Mapping[str, Any],
                 and value > small):
             value = small
         elif isinstance(value, list) and isinstance(small, list) and len(value) > len(small):
-            value = value[:max(len(small), 2)]
+            value = small
         scaled[key] = value
     return scaled
 
