@@ -343,20 +343,9 @@ def landmark_errors(network: PartNetwork, dataset: FaceDataset, *, channels: int
         ``{part: error}`` for a part network; for a 68-point network one entry per part of
         :data:`~fernb.models.parts.ENSEMBLE_PARTS` and ``"full"`` for all points.
     """
-    if network.part is None:
-        raise ValueError("the Baseline network (part=None) has no landmark head")
-    targets = landmark_targets(dataset, network.part)
-    keep = _annotated(targets)
-    if not keep.any():
-        raise ValueError(f"no image of {dataset.name!r} has landmarks")
-    pred = predict_landmarks(network, inputs(dataset, channels=channels)[keep],
-                             batch_size=batch_size)
-    diff = (pred - targets[keep]).abs().view(len(pred), -1, 2)  # (N, K, 2)
-    if network.part != "full":
-        return {network.part: float(diff.mean())}
-    errors = {part: float(diff[:, list(LANDMARK_SETS[part])].mean()) for part in ENSEMBLE_PARTS}
-    errors["full"] = float(diff.mean())
-    return errors
+    # Every image has the same points, so the mean of the images' means is the overall mean.
+    return {part: float(e.mean()) for part, e in image_errors(
+        network, dataset, channels=channels, batch_size=batch_size).items()}
 
 
 class _Landmarks(nn.Module):
