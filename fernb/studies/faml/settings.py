@@ -1,7 +1,7 @@
 """The chapter's parameters (``notebooks/05_faml_t2v.ipynb``), declared once, and the numbers
 its prose may write without computing them.
 
-Defaults are the ``cpu`` profile: two regimes on a 2-core CPU in about four minutes.
+Defaults are the ``cpu`` profile: two regimes on a 2-core CPU in about four and a half minutes.
 
 * The *default* regime is the paper's setting scaled down: synth-wild (RAF-DB's class
   imbalance, pose, occluders, label noise), 48 px, ResNets at an eighth of their width, every
@@ -85,7 +85,7 @@ class Settings(ChapterSettings):
     dataset: str = param("synth-wild", DatasetName(DATASETS),
                          'or a real dataset, e.g. "rafdb" (set data_root)')
     data_root: str = param("", None, "folder of a real dataset")
-    n_subjects: int = param(60, Range(8, 10_000, integer=True),
+    n_subjects: int = param(200, Range(8, 10_000, integer=True),
                             "synthetic subjects (40 images each)")
     image_size: int = param(48, Range(48, 224, integer=True), "paper: 224")
     width: float = param(0.125, Range(0, 4, open_low=True),
@@ -108,9 +108,9 @@ class Settings(ChapterSettings):
                             "ensembles per model, each of its own networks (paper: 1)")
     fga_generations: int = param(1, Range(1, 10, integer=True),
                                  "FGA generations (paper: not given)")
-    lr1: float = param(0.001, LEARNING_RATE, "Lr_1, Adam with cosine annealing (paper: 0.0003)")
+    lr1: float = param(0.005, LEARNING_RATE, "Lr_1, Adam with cosine annealing (paper: 0.0003)")
     lr2: float = param(1e-05, LEARNING_RATE, "Lr_2, Adam with StepLR (paper: 0.00001)")
-    max_epochs1: int = param(5, POSITIVE_INT, "phase 1 ends when the training loss is stable "
+    max_epochs1: int = param(3, POSITIVE_INT, "phase 1 ends when the training loss is stable "
                              "or here (paper: stable)")
     epochs2: int = param(1, POSITIVE_INT, "epochs of phase 2 (paper: not given)")
     step_size: int = param(1, POSITIVE_INT, "StepLR step of phase 2 (paper: not given)")
