@@ -23,7 +23,7 @@ from fernb.report import paper_results, paper_vs_book
 from fernb.store import Store
 from fernb.studies import parts as study
 from fernb.studies.parts import analysis, protocol, tables
-from fernb.studies.parts.highlights import settings_sentences
+from fernb.studies.parts.highlights import settings_sentences, wild_probe_sentences
 from fernb.verdicts import UNTESTABLE, VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,6 +273,17 @@ def test_claims_read_not_testable_when_a_compared_model_did_not_learn(results):
     assert judged["cross_el_minus_wild_el"].verdict == UNTESTABLE
 
 
+def test_the_probe_reads_the_wild_set_with_the_wild_networks(results):
+    lab, wild = study.landmark_probe(results), study.landmark_probe(results, "wild")
+    assert list(wild.index) == list(lab.index) == [*analysis.ENSEMBLE_PARTS, "full"]
+    assert ((wild.filter(like="(%)") >= 0) & (wild.filter(like="(%)") <= 100)).all().all()
+    assert not np.allclose(wild.to_numpy(), lab.to_numpy())  # other faces, other networks
+    sentence = wild_probe_sentences(results, wild)["wild_probe_reading"]
+    n_test = len(results.plan.wild_split.test)
+    assert f"{n_test} synth-wild test faces" in sentence
+    assert f"{wild.at['full', 'true landmarks (%)']:.1f}%" in sentence
+
+
 def test_el_against_a_smaller_ensemble_is_not_testable(results):
     verdicts = study.curve_claims(results)
     assert len(verdicts) == 2 * 4
@@ -347,7 +358,8 @@ def test_every_sentence_the_prose_cites_is_computed(results):
     comparison = paper_vs_book("fll_to_fer", study.measured(results, study.complexity(),
                                                             judged))
     values = study.highlights(results, shifts=study.displacements(results.plan.lab),
-                              probe=probe, errors=errors, judged=judged,
+                              probe=probe, wild_probe=study.landmark_probe(results, "wild"),
+                              errors=errors, judged=judged,
                               verdicts=study.curve_claims(results), comparison=comparison)
     values |= study.minutes(0.0) | schedule.highlights("03_fll_to_fer")
     missing = notebook_glue() - set(values)

@@ -34,7 +34,8 @@ from fernb.studies.parts.highlights import (curve_sentences, displacement_senten
                                             learning_sentences, minutes,
                                             paper_vs_book_sentences, probe_sentences,
                                             rate_sentences, settings_sentences,
-                                            summary_sentences, table1_sentences, vb_sentences)
+                                            summary_sentences, table1_sentences, vb_sentences,
+                                            wild_probe_sentences)
 from fernb.studies.parts.learning import (curve_checks, curve_learning_histories,
                                           curve_majority, default_checks, default_histories,
                                           lab_majority, landmark_curves)
@@ -62,14 +63,15 @@ __all__ = [
 
 
 def highlights(results: Results, *, shifts: pd.DataFrame, probe: pd.DataFrame,
-               errors: pd.DataFrame, judged: Mapping[str, Claim], verdicts: pd.DataFrame,
-               comparison: pd.DataFrame) -> dict[str, object]:
+               wild_probe: pd.DataFrame, errors: pd.DataFrame, judged: Mapping[str, Claim],
+               verdicts: pd.DataFrame, comparison: pd.DataFrame) -> dict[str, object]:
     """Every number and sentence the chapter's prose cites (glued by
     :meth:`fernb.report.Report.glue_all`).
 
     Args:
         shifts: :func:`displacements` of the lab set (empty without neutral faces).
-        probe: :func:`landmark_probe`; errors: :func:`error_table`.
+        probe, wild_probe: :func:`landmark_probe` of the first lab trial and of the wild
+            set; errors: :func:`error_table`.
         judged: :func:`claims`; verdicts: :func:`curve_claims`.
         comparison: the paper-vs-book table (:func:`fernb.report.paper_vs_book`).
     """
@@ -88,6 +90,7 @@ def highlights(results: Results, *, shifts: pd.DataFrame, probe: pd.DataFrame,
         out |= displacement_sentences(shifts)
     out |= feature_sentences(results)
     out |= probe_sentences(probe, shifts, judged)
+    out |= wild_probe_sentences(results, wild_probe)
     out |= vb_sentences(errors, judged)
     out |= summary_sentences(results, table_names, judged)
     out |= paper_vs_book_sentences(comparison)

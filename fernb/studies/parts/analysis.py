@@ -131,12 +131,16 @@ def probe_accuracy(train_points: np.ndarray, train_labels: np.ndarray,
 
 def landmark_probe(results: Results, where: str | None = None) -> pd.DataFrame:
     """What each part's landmarks tell about the expression (Sec. V-A, made measurable) on
-    a lab trial: a linear probe's test accuracy (%) from the part's true landmarks and from
-    the landmarks the trial's stage-1 networks predict (EL's parts, FTL's first network for
-    all 68), and the networks' localisation error on the test faces (pixels)."""
+    a lab trial (default: the first) or on the wild set (``where="wild"``): a linear probe's
+    test accuracy (%) from the part's true landmarks and from the landmarks the place's
+    stage-1 networks predict (EL's parts, FTL's first network for all 68), and the
+    networks' localisation error on the test faces (pixels)."""
     where = where or f"lab-t{results.settings.trials[0]}"
-    t = int(where.removeprefix("lab-t"))
-    data, split = results.plan.lab.load(), results.plan.lab_splits[t]
+    if where == "wild":
+        data, split = results.plan.wild.load(), results.plan.wild_split
+    else:
+        data = results.plan.lab.load()
+        split = results.plan.lab_splits[int(where.removeprefix("lab-t"))]
     nets = {n.part: n for n in results.networks("default", where, "el")}
     nets["full"] = results.networks("default", where, "ftl")[0]
     x = inputs(data)
