@@ -85,7 +85,7 @@ class Settings(ChapterSettings):
     dataset: str = param("synth-wild", DatasetName(DATASETS),
                          'or a real dataset, e.g. "rafdb" (set data_root)')
     data_root: str = param("", None, "folder of a real dataset")
-    n_subjects: int = param(200, Range(8, 10_000, integer=True),
+    n_subjects: int = param(180, Range(8, 10_000, integer=True),
                             "synthetic subjects (40 images each)")
     image_size: int = param(48, Range(48, 224, integer=True), "paper: 224")
     width: float = param(0.125, Range(0, 4, open_low=True),
@@ -141,7 +141,7 @@ class Settings(ChapterSettings):
                                          "synth-wild)")
     mechanism_networks: int = param(6, Range(2, 16, integer=True),
                                     "members per ensemble (paper: 6)")
-    mechanism_epochs: int = param(15, POSITIVE_INT, "epochs of every member (Adam at lr1, "
+    mechanism_epochs: int = param(10, POSITIVE_INT, "epochs of every member (Adam at lr1, "
                                   "cosine annealing)")
     mechanism_epsilon: float = param(0.3, Range(0, 0.85, open_low=True),
                                      "label smoothing of the calibrated members")
