@@ -85,7 +85,7 @@ class Settings(ChapterSettings):
     dataset: str = param("synth-wild", DatasetName(DATASETS),
                          'or a real dataset, e.g. "rafdb" (set data_root)')
     data_root: str = param("", None, "folder of a real dataset")
-    n_subjects: int = param(180, Range(8, 10_000, integer=True),
+    n_subjects: int = param(160, Range(8, 10_000, integer=True),
                             "synthetic subjects (40 images each)")
     image_size: int = param(48, Range(48, 224, integer=True), "paper: 224")
     width: float = param(0.125, Range(0, 4, open_low=True),
