@@ -234,12 +234,12 @@ def wild_probe_sentences(results: Results, probe: pd.DataFrame) -> dict[str, str
     """The probe on the wild set in words: what the true and the predicted 68 points tell,
     against the wild test faces' majority class, and how far off the localisers are."""
     data, split = results.plan.wild.load(), results.plan.wild_split
-    majority = 100 * np.bincount(data.labels[split.test]).max() / len(split.test)
+    rate = 100 * majority(data.labels[split.test])
     return {"wild_probe_reading": (
         f"with all 68 points the probe reads the expression of {len(split.test)} {data.name} "
         f"test faces at {probe.at['full', 'true landmarks (%)']:.1f}% from their true "
         f"landmarks and at {probe.at['full', 'predicted landmarks (%)']:.1f}% from those the "
-        f"first FTL network's stage 1 predicts (majority class {majority:.1f}%); the wild "
+        f"first FTL network's stage 1 predicts (majority class {rate:.1f}%); the wild "
         f"localisers' mean error is {probe['localisation error (px)'].mean():.2f} px")}
 
 

@@ -7,10 +7,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fernb.ensemble import SoftmaxSum
-from fernb.models.parts import ENSEMBLE_PARTS
 from fernb.studies.parts.protocol import CURVE_KINDS, KIND_NAMES, subjects
 from fernb.studies.parts.results import Results
-from fernb.studies.parts.tables import COLUMNS, logits, majority, places
+from fernb.studies.parts.tables import COLUMNS, column_logits, logits, majority, places
 from fernb.verdicts import Learning, learned
 
 
@@ -77,12 +76,7 @@ def default_checks(results: Results, names: dict[str, str]) -> list[Learning]:
 
 def _learned(results: Results, protocol: str, column: str, name: str, *,
              artifact: str | None = None) -> Learning:
-    if column in ENSEMBLE_PARTS:
-        z, y = logits(results, protocol, "el", artifact=artifact,
-                      member=ENSEMBLE_PARTS.index(column))
-    else:
-        kind = {v: k for k, v in KIND_NAMES.items()}[column]
-        z, y = logits(results, protocol, kind, artifact=artifact)
+    z, y = column_logits(results, protocol, column, artifact=artifact)
     label = f"{column}{' stage 2' if artifact == 'head' else ''} on {name}"
     n_classes = z.shape[-1]
     return learned(label, z, y, n_classes=n_classes, rule=SoftmaxSum())

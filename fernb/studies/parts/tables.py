@@ -80,17 +80,23 @@ def logits(results: Results, protocol: str, kind: str, *, artifact: str | None =
     return np.concatenate(out), np.concatenate(labels)
 
 
+def column_logits(results: Results, protocol: str, column: str, *,
+                  artifact: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`logits` of a Table I column: an ensemble (Baseline, FTL, EL) or one EL part
+    network (its part's name)."""
+    if column in ENSEMBLE_PARTS:
+        return logits(results, protocol, "el", artifact=artifact,
+                      member=ENSEMBLE_PARTS.index(column))
+    kind = {name: k for k, name in KIND_NAMES.items()}[column]
+    return logits(results, protocol, kind, artifact=artifact)
+
+
 def correct(results: Results, protocol: str, column: str, *, artifact: str | None = None
             ) -> np.ndarray:
     """Whether a Table I column (an ensemble by eq. 4, or one EL part network) is right on
     each test face of a protocol (``"lab"``: every trial's test fold; ``"wild"``;
     ``"cross"``: the wild-trained networks on the lab set)."""
-    if column in ENSEMBLE_PARTS:
-        z, y = logits(results, protocol, "el", artifact=artifact,
-                      member=ENSEMBLE_PARTS.index(column))
-    else:
-        kind = {name: k for k, name in KIND_NAMES.items()}[column]
-        z, y = logits(results, protocol, kind, artifact=artifact)
+    z, y = column_logits(results, protocol, column, artifact=artifact)
     return to_predictions(z, SoftmaxSum()) == y
 
 

@@ -7,9 +7,11 @@ here, never in a notebook cell.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fernb.report import MISSING
 from fernb.verdicts import FAILS, HOLDS, UNTESTABLE, Claim
@@ -154,13 +156,9 @@ def maps(results: Results, prep: Prepared) -> dict[str, Any]:
     if stats.empty:
         return out
     const_row = "Best constant map (the targets' mean)"
-    for variant in ("fully", "weakly", "contiguity", "hybrid"):
-        label = LABELS[variant]
-        if label in stats.index:
-            out[f"{variant}_map_error"] = stats.loc[label, "error to targets (eq. 4)"]
-            out[f"{variant}_map_within"] = stats.loc[label, "spread within a face"]
-            out[f"{variant}_map_between"] = stats.loc[label, "spread between faces"]
-            out[f"{variant}_map_peak"] = stats.loc[label, "peak area"]
+    out |= _by_variant(stats, ("fully", "weakly", "contiguity", "hybrid"), {
+        "map_error": "error to targets (eq. 4)", "map_within": "spread within a face",
+        "map_between": "spread between faces", "map_peak": "peak area"})
     if const_row in stats.index:
         out["constant_map_error"] = stats.loc[const_row, "error to targets (eq. 4)"]
         out["target_within"] = stats.loc["Landmark targets (eq. 4)", "spread within a face"]
@@ -185,6 +183,15 @@ def maps(results: Results, prep: Prepared) -> dict[str, Any]:
     return out
 
 
+def _by_variant(table: pd.DataFrame, variants: Sequence[str], columns: Mapping[str, str]
+                ) -> dict[str, Any]:
+    """``{variant}_{key}``: the value of ``columns[key]`` in each variant's row of ``table``
+    (variants without a row are left out)."""
+    return {f"{variant}_{key}": table.loc[LABELS[variant], column]
+            for variant in variants if LABELS[variant] in table.index
+            for key, column in columns.items()}
+
+
 def evidence(results: Results, prep: Prepared) -> dict[str, Any]:
     """The evidence scores the prose cites (fractions), and the verdicts of the map claims."""
     out: dict[str, Any] = {}
@@ -193,13 +200,9 @@ def evidence(results: Results, prep: Prepared) -> dict[str, Any]:
     table = map_scores(results, prep)
     chance = table.loc["Chance (uniform map)", "x_hat evidence"]
     out["chance"] = chance
-    for variant in ("fully", "weakly", "hybrid", "baseline"):
-        label = LABELS[variant]
-        if label in table.index:
-            out[f"{variant}_evidence"] = table.loc[label, "x_hat evidence"]
-            out[f"{variant}_away"] = table.loc[label, "x_hat away from landmarks"]
-            out[f"{variant}_cam_before"] = table.loc[label, "Grad-CAM before pointing"]
-            out[f"{variant}_cam_after"] = table.loc[label, "Grad-CAM after pointing"]
+    out |= _by_variant(table, ("fully", "weakly", "hybrid", "baseline"), {
+        "evidence": "x_hat evidence", "away": "x_hat away from landmarks",
+        "cam_before": "Grad-CAM before pointing", "cam_after": "Grad-CAM after pointing"})
     for variant in ("fully", "weakly"):
         if variant in results.variants("default"):
             out[f"{variant}_on_evidence_verdict"] = _verdict(on_evidence(results, variant))
