@@ -315,7 +315,7 @@ def _not_learned(checks: Mapping[str, Learning]) -> str:
         return ("every model learned: each is above the majority class by a one-sided "
                 "binomial test, so the claims below can be judged")
     return (f"{len(failed)} of {len(checks)} models did not learn ({', '.join(failed)}): the "
-            f"claims that compare them read *not testable*")
+            f"claims that compare them read \"not testable\"")
 
 
 def _halving(step: int, epochs: int, what: str) -> str:

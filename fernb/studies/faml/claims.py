@@ -242,7 +242,7 @@ def highlights(results: Results, claimed: Sequence[Claim],
         "Every network of every model is above the majority class by the binomial test."
         if all(c.ok for c in checks) else
         "Not every model learned: " + "; ".join(c.reason for c in checks if not c.ok)
-        + ". Claims that rest on them read *not testable*.")
+        + ". Claims that rest on them read \"not testable\".")
     phase = T.phase_table(d)
     stable = int(phase["phase 1 ended stable"].sum())
     total = int(phase["networks"].sum())
@@ -338,7 +338,7 @@ def highlights(results: Results, claimed: Sequence[Claim],
     check = confidence_check(results)
     out["mech_precondition"] = (
         "The regime's precondition holds: " if check.ok else
-        "The regime's precondition fails, so its claims read *not testable*: ") + check.reason
+        "The regime's precondition fails, so its claims read \"not testable\": ") + check.reason
     out["mech_sentence"] = _mechanism_sentence(mtests, check)
     mclaims = [c for c in claimed if c.source.startswith("Sec. 3.3")]
     out["mech_holds"] = _verdict_count(mclaims, HOLDS)

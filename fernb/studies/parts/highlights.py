@@ -124,7 +124,7 @@ def learning_sentences(checks: Sequence[Learning], curve: Sequence[Learning]
             f"All {len(checks)} models of the default regime learned" if not failed else
             f"{len(checks) - len(failed)} of the {len(checks)} models of the default regime "
             f"learned; {_listed(failed)} did not, and every claim resting on them reads "
-            f"*not testable*"),
+            f"\"not testable\""),
         "stage2_reading": "; ".join(_learning_phrase(c) for c in heads),
         "curve_learned_reading": (
             f"All {len(curve)} models of the learning curve learned" if not curve_failed
@@ -138,7 +138,7 @@ def _verdict_phrase(claim: Claim) -> str:
     more (the claims table has them all)."""
     reasons = claim.reason.split("; ") if claim.verdict == UNTESTABLE else [claim.reason]
     more = f", and {len(reasons) - 1} more" if len(reasons) > 1 else ""
-    return f"*{claim.verdict}* ({reasons[0]}{more})"
+    return f"\"{claim.verdict}\" ({reasons[0]}{more})"
 
 
 def _listed(items: Sequence[str], most: int = 4) -> str:
