@@ -274,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="draw each label from the face's emotion mixture (probability by "
                        "weight) instead of the preset's uniform label noise")
     synth.add_argument("--motion", type=float, metavar="SCALE",
-                       help="scale of the action units' landmark motion, 0-1 (0: texture "
-                       "cues only; default 1)")
+                       help="scale of the action units' landmark motion, 0-3 (0: texture "
+                       "cues only; default 1; 2: pronounced expressions)")
     synth.set_defaults(func=_cmd_data_synth)
     check = dsub.add_parser("check", help="validate a dataset's layout and decode every image")
     check.add_argument("name", help="ckplus, jaffe, sfew, fer2013, ferplus, rafdb, affectnet "

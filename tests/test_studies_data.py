@@ -50,7 +50,7 @@ def test_annotation_counts_relabel_only_towards_blend_partners() -> None:
 @pytest.mark.parametrize("make, n_images", [
     (lambda: study.cue_figure(48, 0), 4 * 7),
     (lambda: study.blend_figure(48, 0), 2 * 7),
-    (lambda: study.motion_figure(48, 0), 3 * 8),
+    (lambda: study.motion_figure(48, 0), 4 * 8),
     (lambda: study.annotation_figure(study.annotation_counts(2, 0)), 0),
 ])
 def test_knob_figures(make, n_images: int) -> None:

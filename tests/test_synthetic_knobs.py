@@ -313,13 +313,16 @@ def test_labels_from_the_mixture_replace_label_noise() -> None:
 
 def test_motion_scales_landmark_motion_and_keeps_texture() -> None:
     args = dict(n_subjects=2, size=96, seed=1, pose=0.0)
-    full, half, still = (generate("synth-lab", motion=m, **args) for m in (1.0, 0.5, 0.0))
+    double, full, half, still = (generate("synth-lab", motion=m, **args)
+                                 for m in (2.0, 1.0, 0.5, 0.0))
     rest = still.meta["frame"] == 0
     for s in np.unique(still.meta["sequence"]):
         frames = np.flatnonzero(still.meta["sequence"] == s)
         np.testing.assert_allclose(still.landmarks[frames], still.landmarks[frames[:1]].repeat(
             len(frames), 0), atol=1e-4)
     np.testing.assert_allclose(half.landmarks, (full.landmarks + still.landmarks) / 2, atol=1e-3)
+    np.testing.assert_allclose(double.landmarks - still.landmarks,
+                               2 * (full.landmarks - still.landmarks), atol=1e-3)
     np.testing.assert_array_equal(still.aus, full.aus)
     # texture remains: an angry peak differs from its neutral frame between the brows
     anger = np.flatnonzero((still.labels == still.classes.index("anger"))
@@ -340,8 +343,8 @@ def test_motion_scales_landmark_motion_and_keeps_texture() -> None:
     (dict(blend_pairs="random"), ValueError, r"knob 'blend_pairs' must be one of \['uniform'"),
     (dict(label_from_mixture=1), TypeError, "knob 'label_from_mixture' must be True or False"),
     (dict(label_from_mixture=True, label_noise=0.05), ValueError, "label_from_mixture=True"),
-    (dict(motion=-0.1), ValueError, r"knob 'motion' must be a scale in \[0, 1\]"),
-    (dict(motion=1.5), ValueError, "knob 'motion'"),
+    (dict(motion=-0.1), ValueError, r"knob 'motion' must be a scale in \[0, 3\]"),
+    (dict(motion=syn.MOTION_MAX + 0.5), ValueError, "knob 'motion'"),
     (dict(motion=None), TypeError, "knob 'motion'"),
 ])
 def test_bad_knob_values_are_rejected(knobs, error, match) -> None:

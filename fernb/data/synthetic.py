@@ -64,7 +64,7 @@ knob                    synth-lab        synth-wild       meaning
 ``label_from_mixture``  False            False            label drawn from the face's mixture, with
                                                           probability by weight, instead of
                                                           ``label_noise``'s flips (see below)
-``motion``              1.0              1.0              scale of the AUs' landmark motion
+``motion``              1.0              1.0              scale of the AUs' landmark motion, 0-3
                                                           (0: texture cues only, landmarks at rest)
 ======================  ===============  ===============  ==========================================
 
@@ -116,8 +116,12 @@ names: the faces, poses and noise of a set stay the same when one is turned on.
 * ``motion`` scales every AU's landmark displacement (resting-face offsets included) while
   texture cues keep their contrast: at 0 the landmarks stay at rest and an expression shows
   only as forehead, glabella and chin lines, crow's feet, nose wrinkles, folds and the
-  dimple. The dark mouth interior needs parted lips, so it fades with the motion. Evidence
-  masks still mark the regions of the active AUs.
+  dimple. The dark mouth interior needs parted lips, so it fades with the motion. At the
+  default 1 a full-intensity expression moves its farthest point by 3-9 % of the face's
+  width (a smile's lip corners about 5 %, a jaw drop about 9 %), a subtle expression;
+  ``motion=2`` doubles every displacement, a pronounced expression, and the largest scale,
+  :data:`MOTION_MAX` (3), caricatures. Evidence masks still mark the regions of the
+  active AUs.
 
 Images are uint8 grayscale; landmarks are pixel (x, y) after every geometric transform, with
 integer coordinates at pixel centres. Generated sets are cached as ``.npz`` keyed by a hash of
@@ -144,7 +148,7 @@ from fernb.landmarks import FLIP_PERMUTATION
 
 __all__ = [
     "AU_NAMES", "AU_REGIONS", "BLEND_MODES", "BLEND_PAIRS", "CUE_CORNERS", "KNOBS",
-    "MASK_THRESHOLD", "MAX_CUE_CLASSES", "NEUTRAL_REGIONS", "PRESETS", "PROTOTYPES",
+    "MASK_THRESHOLD", "MAX_CUE_CLASSES", "MOTION_MAX", "NEUTRAL_REGIONS", "PRESETS", "PROTOTYPES",
     "UNILATERAL", "blend_partners", "cue_corners", "cue_region", "export", "generate",
     "misleading_cues", "paint_cues", "sample_cues", "with_cues",
 ]
@@ -217,6 +221,9 @@ _COMMON = {"intensity", "au_jitter", "blend_prob", "blend_strength", "identity",
            "clutter", "label_noise", "imbalance"}
 # Mechanism knobs, off by default in both presets. They enter the cache key only when set, so
 # sets cached before they existed (the same bytes) stay valid.
+# The largest ``motion``: three times the default caricatures (the jaw drops by a quarter of
+# the face's width).
+MOTION_MAX = 3.0
 _MECHANISM_OFF: dict[str, Any] = dict(distractor=None, blend_pairs="uniform",
                                       label_from_mixture=False, motion=1.0)
 KNOBS: dict[str, dict[str, Any]] = {
@@ -463,7 +470,8 @@ def _validate(preset: Any, n_subjects: Any, size: Any, seed: Any,
                              f"label_noise out (or 0), got label_noise={knobs['label_noise']}")
         cfg["label_noise"] = 0.0
     cfg["motion"] = _unit("knob 'motion'", cfg["motion"],
-                          "a scale in [0, 1] of the AUs' landmark motion (0: texture only)")
+                          f"a scale in [0, {MOTION_MAX:g}] of the AUs' landmark motion (0: "
+                          f"texture only, 1: the default)", high=MOTION_MAX)
     lo_hi = cfg["intensity"]
     if (not isinstance(lo_hi, (tuple, list)) or len(lo_hi) != 2
             or not 0 < float(lo_hi[0]) <= float(lo_hi[1]) <= 1):
@@ -483,11 +491,12 @@ def _validate(preset: Any, n_subjects: Any, size: Any, seed: Any,
     return cfg
 
 
-def _unit(name: str, value: Any, meaning: str) -> float:
-    """``value`` as a float in [0, 1], or an error naming ``name`` and its ``meaning``."""
+def _unit(name: str, value: Any, meaning: str, high: float = 1.0) -> float:
+    """``value`` as a float in [0, ``high``], or an error naming ``name`` and its
+    ``meaning``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be {meaning}, got {value!r}")
-    if not 0 <= value <= 1:
+    if not 0 <= value <= high:
         raise ValueError(f"{name} must be {meaning}, got {value}")
     return float(value)
 

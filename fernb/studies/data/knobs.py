@@ -140,9 +140,10 @@ def annotation_figure(counts: dict[str, pd.DataFrame]) -> Figure:
 
 
 def motion_figure(size: int, seed: int, n_subjects: int = 2) -> Figure:
-    """The same synth-lab peak faces (one per class) with the AUs' landmark motion at full
-    scale, at half and removed (``motion`` 1, 0.5, 0): at 0 only texture cues remain."""
-    scales = (1.0, 0.5, 0.0)
+    """The same synth-lab peak faces (one per class) with the AUs' landmark motion doubled,
+    at the default scale, at half and removed (``motion`` 2, 1, 0.5, 0): at 0 only texture
+    cues remain."""
+    scales = (2.0, 1.0, 0.5, 0.0)
     sets = [synthetic.generate("synth-lab", n_subjects=n_subjects, size=size, seed=seed,
                                motion=m) for m in scales]
     pick = _one_per_class(sets[0])
