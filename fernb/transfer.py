@@ -36,6 +36,10 @@ Choices where the paper is silent (fields of :class:`TransferConfig` unless said
   class-balanced, augmented images; here an epoch is one pass over the training set.
 - "Stop training when the validation loss saturates": early stopping with ``patience=20``
   epochs; the weights of the best epoch are kept (as the authors' ModelCheckpoint does).
+  ``stop_on="accuracy"`` watches the validation accuracy instead in the expression stages
+  (direct training, stages 2 and 3): on a few labelled faces a network's loss on new people
+  is often lowest after the first epoch, before it is confident and while it is still at
+  the majority class, and grows with its confidence while its accuracy rises.
   Stage 2 has its own ``head_patience``: on cached features its epochs cost almost nothing,
   so it can run to convergence.
 - The landmark head is frozen in stages 2 and 3 (the paper replaces it and puts it back for
@@ -94,6 +98,7 @@ PAPER_EPOCHS: dict[str, tuple[int, int, int]] = {
 
 
 STATISTICS = ("fixed", "update")
+STOP_ON = ("loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class TransferConfig:
         finetune_lr, finetune_epochs: stage 3 (1e-4; 300 - 10 epochs on CK+).
         direct_lr, direct_epochs: the Baseline's direct training (1e-2; 400 epochs on CK+).
         batch_size: mini-batch size (32).
-        patience: early stopping after this many epochs without a lower validation loss
+        patience: early stopping after this many epochs without a better validation score
             (stages 1 and 3, direct training); None trains every epoch.
         head_patience: the same for stage 2 (None: every epoch).
         betas, eps: Adam's (0.9, 0.999) and 1e-7 (Keras' default, as the paper states).
@@ -119,6 +124,8 @@ class TransferConfig:
         head_copies: with ``head_augment=False``, the features are those of the training
             images and of this many augmented copies of them, computed once, so that the
             head of stage 2 sees the augmentation stages 1 and 3 see.
+        stop_on: the validation score of the expression stages' early stopping and kept
+            epoch: ``"loss"`` (the paper) or ``"accuracy"``; stage 1 watches its loss.
         finetune_statistics: ``"fixed"`` keeps the BatchNorm statistics of stage 1 during
             fine-tuning (the authors' Keras code), ``"update"`` lets them change.
         epoch_images: an epoch shows the training set ``round(epoch_images / N)`` times (at
@@ -142,6 +149,7 @@ class TransferConfig:
     eps: float = 1e-7
     head_augment: bool = True
     head_copies: int = 0
+    stop_on: str = "loss"
     finetune_statistics: str = "fixed"
     epoch_images: int | None = None
 
@@ -159,6 +167,8 @@ class TransferConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if self.stop_on not in STOP_ON:
+            raise ValueError(f"stop_on must be one of {STOP_ON}, got {self.stop_on!r}")
         if self.finetune_statistics not in STATISTICS:
             raise ValueError(f"finetune_statistics must be one of {STATISTICS}, got "
                              f"{self.finetune_statistics!r}")
@@ -435,6 +445,13 @@ def _early(config: TransferConfig, val: Any) -> int | None:
     return config.patience if val is not None else None
 
 
+def _watch(config: TransferConfig) -> dict[str, Any]:
+    """The :class:`FitConfig` fields an expression stage's early stopping watches."""
+    if config.stop_on == "accuracy":
+        return {"select": "val_acc_ens", "maximize": True}
+    return {"select": "val_loss", "maximize": False}
+
+
 @dataclass
 class TransferResult:
     """Histories of the three stages and the Sec. V-B landmark errors of the fixed
@@ -519,7 +536,7 @@ def train_head(network: PartNetwork, train: FaceDataset, val: FaceDataset | None
     if isinstance(network.standardize, Standardize):
         network.standardize.fit(train_features)
     head_config = _stage(config, runtime, config.head_lr, config.head_epochs,
-                         augment=head_augment, seed=seed,
+                         augment=head_augment, seed=seed, **_watch(config),
                          early_stopping=config.head_patience if val is not None else None)
     if head_augment is None:  # the frozen extractor's features, computed once
         head_val = (TensorDataset(extract_features(network, x_val), y_val)
@@ -572,7 +589,7 @@ def finetune(network: PartNetwork, train: FaceDataset, val: FaceDataset | None =
                                    config.epoch_images),
                   expression_dataset(val, channels=channels) if val is not None else None,
                   _stage(config, runtime, config.finetune_lr, config.finetune_epochs,
-                         augment=_build(augment, None), seed=seed,
+                         augment=_build(augment, None), seed=seed, **_watch(config),
                          early_stopping=_early(config, val)), checkpoint=checkpoint)
     network.requires_grad_(True)
     return history
@@ -662,7 +679,8 @@ def train_direct(network: PartNetwork, train: FaceDataset, val: FaceDataset | No
                                      config.epoch_images),
                   expression_dataset(val, channels=channels) if val is not None else None,
                   _stage(config, runtime, config.direct_lr, config.direct_epochs, seed=seed,
-                         early_stopping=_early(config, val), augment=_build(augment, None)),
+                         early_stopping=_early(config, val), augment=_build(augment, None),
+                         **_watch(config)),
                   checkpoint=_folder(checkpoint, "direct"))
     network.requires_grad_(True)
     return history

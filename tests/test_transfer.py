@@ -77,6 +77,25 @@ def test_paper_epochs_per_dataset(name, expected):
     assert TransferConfig.for_dataset(name, head_epochs=5).finetune_epochs == expected[2] + 5
 
 
+@pytest.mark.parametrize("stop_on, select, maximize", [("loss", "val_loss", False),
+                                                       ("accuracy", "val_acc_ens", True)])
+def test_expression_stages_stop_on_the_chosen_score(monkeypatch, stop_on, select, maximize):
+    seen = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: seen.append(
+        (a[3].task, a[3].select, a[3].maximize)) or real_fit(*a, **k))
+    config = replace(TINY, stop_on=stop_on)
+    train_transfer(tiny(), faces(), faces(4, seed=1), config=config, runtime=CPU)
+    history = train_direct(tiny(None), faces(), faces(4, seed=1), config=config, runtime=CPU)
+    # stage 1 regresses landmarks and watches its loss; stages 2, 3 and direct training the
+    # chosen score, and keep its best epoch
+    assert seen == [("regression", "val_loss", False)] + [("classification", select,
+                                                            maximize)] * 3
+    scores = [row[select] for row in history.epochs]
+    best = (max if maximize else min)(scores)
+    assert scores[history.best_epoch - 1] == best and scores.index(best) == history.best_epoch - 1
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="the paper gives epochs"):
         TransferConfig.for_dataset("fer2013")
@@ -92,6 +111,8 @@ def test_config_rejects_bad_values():
         TransferConfig(finetune_statistics="frozen")
     with pytest.raises(ValueError, match="head_copies"):
         TransferConfig(head_copies=-1)
+    with pytest.raises(ValueError, match="stop_on must be one of"):
+        TransferConfig(stop_on="f1")
 
 
 # ---------------------------------------------------------------------- inputs, targets
