@@ -23,6 +23,7 @@ from fernb.report import paper_results, paper_vs_book
 from fernb.store import Store
 from fernb.studies import parts as study
 from fernb.studies.parts import analysis, protocol, tables
+from fernb.studies.parts.claims import compare
 from fernb.studies.parts.highlights import settings_sentences, wild_probe_sentences
 from fernb.verdicts import UNTESTABLE, VERDICTS
 
@@ -121,8 +122,7 @@ def test_the_plan_of_both_regimes(plan):
                        *[("el", k, p) for k, p in enumerate(parts)]]
     assert kinds(plan, "default", "wild") == default
     curve = kinds(plan, "mechanism", "2")
-    assert curve == [("baseline", 0, None), ("control", 0, "full"), ("ftl", 0, "full"),
-                     *[("el", k, p) for k, p in enumerate(parts)]]
+    assert curve == [("baseline", 0, None), ("control", 0, "full"), ("ftl", 0, "full")]
     for network in plan.networks:
         needs = [n.kind for n in network.job.needs]
         if network.kind == "baseline":
@@ -136,6 +136,26 @@ def test_the_plan_of_both_regimes(plan):
     assert plan.rate.needs[0].key == first_ftl.stage1.key
 
 
+def test_every_synthetic_set_of_the_chapter_has_its_motion():
+    faces = protocol.faces_of(settings(motion=2.5))
+    assert {name: dict(f.data.knobs).get("motion") for name, f in faces.items()} == {
+        "lab": 2.5, "wild": 2.5, "mechanism": 2.5, "pool": 2.5}
+    # the generator's own motion is not named, so the sets keep their stored keys
+    assert all("motion" not in dict(f.data.knobs)
+               for f in protocol.faces_of(settings(motion=1.0)).values())
+
+
+def test_el_joins_the_curve_with_as_many_networks_per_kind_as_it_has_parts():
+    parts = list(study.analysis.ENSEMBLE_PARTS)
+    assert protocol.curve_kinds(settings()) == ("baseline", "control", "ftl")
+    five = settings(curve_networks=len(parts))
+    assert protocol.curve_kinds(five) == protocol.CURVE_KINDS
+    curve = kinds(study.plan(five), "mechanism", "2")
+    assert curve == [(kind, k, None if kind == "baseline" else "full")
+                     for kind in ("baseline", "control", "ftl") for k in range(len(parts))] + \
+        [("el", k, p) for k, p in enumerate(parts)]
+
+
 def test_the_landmark_pool_is_other_faces_and_stage_one_is_shared_along_the_curve(plan):
     pool, labelled = plan.pool.load(), plan.mechanism.load()
     assert plan.pool.data.seed != plan.mechanism.data.seed
@@ -145,7 +165,7 @@ def test_the_landmark_pool_is_other_faces_and_stage_one_is_shared_along_the_curv
     flat = labelled.images.reshape(len(labelled), -1)
     assert not any((flat == face.reshape(-1)).all(1).any() for face in pool.images)
     stage1 = {n.stage1.key for n in plan.networks if n.regime == "mechanism" and n.stage1}
-    assert len(stage1) == 6  # FTL 1 and EL's five, whatever the point of the curve
+    assert len(stage1) == 1  # FTL 1 (EL is off the curve), whatever the point of the curve
     for n in plan.networks:
         if n.regime == "mechanism" and n.stage1 is not None:
             assert n.stage1.spec["landmarks"].faces == plan.pool
@@ -162,13 +182,15 @@ def test_labelled_subjects_are_nested_and_apart_from_the_test_and_validation_fol
     assert set(data.subjects[train.job.spec["train"].index]) == set(two)
 
 
-def test_member_k_of_every_kind_starts_from_one_extractor_draw(plan):
+def test_member_k_of_every_kind_starts_from_one_extractor_draw():
+    plan = study.plan(settings(curve_networks=2))
     first = [n for n in plan.networks if n.regime == "mechanism" and n.where == "1"
              and n.member == 0]
+    assert {n.kind for n in first} == {"baseline", "control", "ftl"}
     states = [n.job.spec["net"].build().features.state_dict() for n in first]
     for state in states[1:]:
         assert all(torch.equal(state[k], states[0][k]) for k in state)
-    other = next(n for n in plan.networks if n.regime == "mechanism" and n.kind == "el"
+    other = next(n for n in plan.networks if n.regime == "mechanism" and n.kind == "ftl"
                  and n.member == 1).job.spec["net"].build().features.state_dict()
     assert not all(torch.equal(other[k], states[0][k]) for k in other)
 
@@ -254,7 +276,7 @@ def test_every_compared_model_is_checked(results):
     assert "mouth on synth-lab (trained on synth-wild)" in models
     assert len(checks) == 3 * len(study.COLUMNS) + 4
     curve = study.curve_checks(results)
-    assert len(curve) == 2 * (4 + 2)
+    assert len(curve) == 2 * (3 + 1)  # Baseline, control, FTL and its stage 2 per point
 
 
 def test_claims_read_not_testable_when_a_compared_model_did_not_learn(results):
@@ -285,11 +307,15 @@ def test_the_probe_reads_the_wild_set_with_the_wild_networks(results):
 
 
 def test_el_against_a_smaller_ensemble_is_not_testable(results):
-    verdicts = study.curve_claims(results)
-    assert len(verdicts) == 2 * 4
-    el = verdicts.xs("EL > Baseline", level="comparison")
-    assert (el["verdict"] == UNTESTABLE).all()
-    assert el["why"].str.contains("EL has 5 networks and Baseline 1").all()
+    verdicts = study.curve_claims(results)  # EL is off the curve with one network per kind
+    assert verdicts.index.get_level_values("comparison").unique().tolist() == [
+        "FTL > Baseline", "FTL > control"]
+    assert len(verdicts) == 2 * 2
+    names = study.names(results.settings)
+    for where in ("lab", "cross"):
+        claim = compare(results, where, "EL", "FTL", "EL beats FTL", "Table I", names)
+        assert claim.verdict == UNTESTABLE
+        assert "EL has 5 networks and FTL 1" in claim.reason
 
 
 def test_tables_say_what_they_measured(results):
@@ -493,13 +519,14 @@ def test_fig10_panels_keep_the_image_frame():
 def test_the_curve_table_and_figure(results):
     table = study.curve_table(results)
     assert table.index.tolist() == [1, 2]
-    assert {"Baseline", "control", "FTL", "EL", "FTL after stage 2",
+    assert {"Baseline", "control", "FTL", "FTL after stage 2",
             "majority class"} <= set(table.columns)
+    assert "EL" not in table and "EL after stage 2" not in table
     labelled = results.plan.mechanism.load()
     assert table.at[2, "labelled faces"] == np.isin(labelled.subjects,
                                                     results.plan.labelled[(0, 2)]).sum()
     fig = study.curve_figure(table)
-    assert len(fig.axes[0].lines) == 5
+    assert len(fig.axes[0].lines) == 4  # Baseline, control, FTL and the majority class
     plt.close(fig)
     values = tables.curve_correct(results, 2, "ftl")
     assert values.shape == (1, len(results.plan.mechanism_split["test"]))

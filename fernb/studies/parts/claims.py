@@ -14,7 +14,7 @@ from fernb.data.datasets import SYNTHETIC
 from fernb.evaluate import (TestResult, clustered_test, mcnemar, paired_ttest,
                             rank_correlation)
 from fernb.models.parts import ENSEMBLE_PARTS, PartNetwork, paper_layers
-from fernb.studies.parts.protocol import KIND_NAMES, subjects
+from fernb.studies.parts.protocol import KIND_NAMES, curve_kinds, subjects
 from fernb.studies.parts.results import Results
 from fernb.studies.parts.learning import _learned
 from fernb.studies.parts.tables import (COLUMNS, accuracies, conv_share, correct,
@@ -34,14 +34,28 @@ def _heads(results: Results, protocol: str, *columns: str, name: str) -> list[Ch
             if c in ("FTL", "EL")]
 
 
+def _sizes(results: Results, *columns: str) -> list[Check]:
+    """Two ensembles of Table I are compared only with as many networks each (the paper's
+    five): EL is five part networks, the Baseline and FTL ``n_networks``."""
+    size = {"Baseline": results.settings.n_networks, "FTL": results.settings.n_networks,
+            "EL": len(ENSEMBLE_PARTS)}
+    if not set(columns) <= set(size) or len({size[c] for c in columns}) == 1:
+        return []
+    a, b = columns
+    return [condition(False, f"{a} has {size[a]} networks and {b} {size[b]}: an ensemble "
+                             f"against a smaller one (set n_networks to {len(ENSEMBLE_PARTS)}"
+                             f" to compare them)")]
+
+
 def compare(results: Results, protocol: str, a: str, b: str, claim: str, source: str,
             names: Mapping[str, str]) -> Claim:
     """Column ``a`` beats column ``b`` of Table I (or III) on the same test faces: an exact
-    McNemar test, once both learned (and any transfer ensemble's stage-2 head did)."""
+    McNemar test, once both learned (and any transfer ensemble's stage-2 head did) and two
+    ensembles have as many networks."""
     name = names[protocol]
     own = "wild" if protocol == "cross" else protocol  # where the networks trained
     requires = [_learned(results, protocol, a, name), _learned(results, protocol, b, name),
-                *_heads(results, own, a, b, name=names[own])]
+                *_heads(results, own, a, b, name=names[own]), *_sizes(results, a, b)]
     test = mcnemar(correct(results, protocol, a), correct(results, protocol, b))
     return judge(claim, source, test, expect="greater", requires=requires, scale=100,
                  what="points")
@@ -188,7 +202,8 @@ def curve_claims(results: Results) -> pd.DataFrame:
                 out.append(learned(label, z, y, n_classes=z.shape[-1], rule="softmax_sum"))
             return out
 
-        for a, b in CURVE_COMPARISONS:
+        for a, b in [(a, b) for a, b in CURVE_COMPARISONS
+                     if {a, b} <= set(curve_kinds(settings))]:
             size_a = len(results.networks("mechanism", str(n), a, seeds[0]))
             size_b = len(results.networks("mechanism", str(n), b, seeds[0]))
             requires = [*checks(a), *checks(b), *checks(a, "head"),

@@ -13,7 +13,7 @@ from fernb.evaluate import format_p
 from fernb.models.parts import ENSEMBLE_PARTS
 from fernb.report import format_value
 from fernb.studies.parts.claims import PAPER_ORDER, best_part
-from fernb.studies.parts.protocol import KIND_NAMES
+from fernb.studies.parts.protocol import KIND_NAMES, curve_kinds
 from fernb.studies.parts.results import Results
 from fernb.studies.parts.settings import held_out_subjects, pool_val_subjects
 from fernb.studies.parts.tables import accuracies, curve_table, majority, rate_table, \
@@ -54,8 +54,11 @@ def settings_sentences(results: Results) -> dict[str, str]:
         f"{s.finetune_epochs} of fine-tuning "
         f"(in the wild {s.wild_direct_epochs}, {s.wild_landmark_epochs}, {s.head_epochs} and "
         f"{s.wild_finetune_epochs}), each epoch about {s.epoch_images} images and every "
-        f"stage stopped {s.patience} epochs after its best validation loss "
-        f"({s.head_patience} for the head); stage 2's features "
+        f"stage stopped {s.patience} epochs ({s.head_patience} for the head) after its best "
+        + ("validation loss" if s.stop_on == "loss" else
+           "validation accuracy (stage 1: its loss)")
+        + f"; synthetic expressions moving their landmarks {s.motion:g} times as far as the "
+        f"generator's default; stage 2's features "
         + ("standardised" if s.standardize else "as the extractor gives them (the paper's "
                                                  "network, no standardisation)"))
     candidates = s.n_subjects - held_out_subjects(s.n_subjects, s.n_folds)
@@ -69,9 +72,14 @@ def settings_sentences(results: Results) -> dict[str, str]:
         f"{_join([str(n) for n in sorted(s.curve)])} subjects drawn, each inside the "
         f"next, from the {candidates} synth-lab subjects outside the test and validation "
         f"folds ({_plural(len(s.curve_seeds), 'draw')}); at every point "
-        f"{_plural(s.curve_networks, 'network')} of each of Baseline, FTL and control and "
-        f"EL's five, tested on the {len(test)} faces of the "
-        f"{len(np.unique(test.load().subjects))} held-out subjects")
+        f"{_plural(s.curve_networks, 'network')} of each of Baseline, FTL and control"
+        + (" and EL's five" if "el" in curve_kinds(s) else "")
+        + f", tested on the {len(test)} faces of the "
+        f"{len(np.unique(test.load().subjects))} held-out subjects"
+        + ("" if "el" in curve_kinds(s) else
+           f" (EL, five part networks, joins the curve when `curve_networks` is "
+           f"{len(ENSEMBLE_PARTS)}, as in the gpu and paper profiles: five networks against "
+           f"one would compare ensemble sizes, not kinds)"))
     return {"default_settings": default, "mechanism_settings": mechanism}
 
 
@@ -180,15 +188,16 @@ def curve_sentences(results: Results, verdicts: pd.DataFrame) -> dict[str, str]:
             text += f" (not testable at {_join(untestable)})"
         phrases.append(text)
     smallest, largest = table.index.min(), table.index.max()
-    row, last = table.loc[smallest], table.loc[largest]
+    others = [KIND_NAMES[k] for k in curve_kinds(results.settings) if k != "baseline"]
+    first, last = table.loc[smallest], table.loc[largest]
+    named = _join([f"{'the ' if k == 'control' else ''}{k} {_pct(first[k])}%" for k in others])
     return {
         "curve_reading": "; ".join(phrases),
         "curve_smallest": (
             f"With {_plural(smallest, 'labelled subject')} the Baseline reaches "
-            f"{_pct(row['Baseline'])}%, the control {_pct(row['control'])}%, FTL "
-            f"{_pct(row['FTL'])}% and EL {_pct(row['EL'])}% (majority class "
-            f"{_pct(row['majority class'])}%); with {largest}, {_pct(last['Baseline'])}%, "
-            f"{_pct(last['control'])}%, {_pct(last['FTL'])}% and {_pct(last['EL'])}%"),
+            f"{_pct(first['Baseline'])}%, {named} (majority class "
+            f"{_pct(first['majority class'])}%); with {largest}, "
+            + _join([f"{_pct(last[k])}%" for k in ["Baseline", *others]])),
     }
 
 

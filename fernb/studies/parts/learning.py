@@ -7,7 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fernb.ensemble import SoftmaxSum
-from fernb.studies.parts.protocol import CURVE_KINDS, KIND_NAMES, subjects
+from fernb.studies.parts.protocol import KIND_NAMES, curve_kinds, subjects
 from fernb.studies.parts.results import Results
 from fernb.studies.parts.tables import COLUMNS, column_logits, logits, majority, places
 from fernb.verdicts import Learning, learned
@@ -52,7 +52,7 @@ def curve_histories(results: Results, n: int) -> dict[str, list[pd.DataFrame]]:
     """The mechanism regime's expression curves at ``n`` labelled subjects: the Baseline's,
     and the fine-tuning of the control, FTL and EL."""
     out: dict[str, list[pd.DataFrame]] = {}
-    for kind in CURVE_KINDS:
+    for kind in curve_kinds(results.settings):
         for net in results.networks("mechanism", str(n), kind):
             out.setdefault(f"{KIND_NAMES[kind]}, {subjects(n)}", []).append(
                 results.entry(net).frame("history"))
@@ -86,15 +86,16 @@ def curve_checks(results: Results) -> list[Learning]:
     """Did each model of the learning curve learn? Each kind's ensemble per point and seed,
     and FTL and EL after stage 2."""
     checks = []
+    kinds = curve_kinds(results.settings)
     for n in sorted(results.settings.curve):
         y = results.labels[("mechanism", str(n))]
         for r in results.settings.curve_seeds:
             seed = f" (draw {r})" if len(results.settings.curve_seeds) > 1 else ""
-            for kind in CURVE_KINDS:
+            for kind in kinds:
                 z = results.logits("mechanism", str(n), kind, seed=r)
                 checks.append(learned(f"{KIND_NAMES[kind]} at {subjects(n)}{seed}", z, y,
                                       n_classes=z.shape[-1], rule=SoftmaxSum()))
-            for kind in ("ftl", "el"):
+            for kind in [k for k in ("ftl", "el") if k in kinds]:
                 z = results.logits("mechanism", str(n), kind, seed=r, artifact="head")
                 checks.append(learned(f"{KIND_NAMES[kind]} stage 2 at {subjects(n)}{seed}", z,
                                       y, n_classes=z.shape[-1], rule=SoftmaxSum()))

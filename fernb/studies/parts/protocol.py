@@ -21,7 +21,8 @@ pre-trains the FTL and EL networks; then, for each number of expression-labelled
 of ``curve`` (drawn nested, per seed of ``curve_seeds``, from the subjects outside the test
 and validation folds), the Baseline, the pre-trained FTL and EL networks and a control (the
 FTL network's schedule from its random initial weights) learn the expressions and are tested
-on the held-out subjects.
+on the held-out subjects. EL joins the curve only when every kind has as many networks as EL
+has parts (:func:`curve_kinds`).
 
 Member ``k`` of every kind within one trial (or one curve seed) starts from the same
 extractor draw (:func:`fernb.seeding.seeded`), so kinds differ in training, not in their
@@ -38,7 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fernb.data.datasets import DataSpec, FaceDataset
+from fernb.data import synthetic
+from fernb.data.datasets import SYNTHETIC, DataSpec, FaceDataset
 from fernb.data.splits import esr_subject_folds, esr_trials, standard_split
 from fernb.data.transforms import detect_landmarks, to_gray
 from fernb.device import computed_precision
@@ -54,6 +56,14 @@ from fernb.transfer import (Runtime, TransferConfig, choose_rate, equalized, fin
 KINDS = ("baseline", "ftl", "el")
 CURVE_KINDS = ("baseline", "control", "ftl", "el")
 KIND_NAMES = {"baseline": "Baseline", "ftl": "FTL", "el": "EL", "control": "control"}
+
+
+def curve_kinds(settings: Settings) -> tuple[str, ...]:
+    """The kinds the learning curve trains: EL only with ``curve_networks`` equal to its five
+    part networks, since five networks against one is no comparison of kinds."""
+    if settings.curve_networks == len(ENSEMBLE_PARTS):
+        return CURVE_KINDS
+    return tuple(k for k in CURVE_KINDS if k != "el")
 
 
 def subjects(n: int) -> str:
@@ -131,9 +141,9 @@ class Net:
 STAGE1 = ("landmark_lr", "landmark_epochs", "batch_size", "patience", "betas", "eps",
           "epoch_images")
 EXPRESSIONS = ("head_lr", "head_epochs", "head_patience", "head_augment", "head_copies",
-               "finetune_epochs", "finetune_statistics", "batch_size", "patience", "betas",
-               "eps", "epoch_images")
-DIRECT = ("direct_lr", "direct_epochs", "batch_size", "patience", "betas", "eps",
+               "finetune_epochs", "finetune_statistics", "batch_size", "patience", "stop_on",
+               "betas", "eps", "epoch_images")
+DIRECT = ("direct_lr", "direct_epochs", "batch_size", "patience", "stop_on", "betas", "eps",
           "epoch_images")
 
 
@@ -154,7 +164,8 @@ def transfer_config(settings: Settings, protocol: str) -> TransferConfig:
         finetune_epochs=settings.wild_finetune_epochs if wild else settings.finetune_epochs,
         direct_epochs=settings.wild_direct_epochs if wild else settings.direct_epochs,
         batch_size=settings.batch_size, patience=settings.patience,
-        head_patience=settings.head_patience, head_augment=settings.head_augment,
+        stop_on=settings.stop_on, head_patience=settings.head_patience,
+        head_augment=settings.head_augment,
         head_copies=settings.head_copies,
         epoch_images=settings.epoch_images)
 
@@ -343,16 +354,26 @@ def faces_of(settings: Settings) -> dict[str, Faces]:
     regime's synth-lab set (the lab set itself when that is synth-lab) and its landmark
     pool (other subjects: another generator seed; every frame)."""
     size, seed, clahe = settings.image_size, settings.seed, settings.clahe
+
+    def knobs(name: str) -> dict[str, float]:
+        """The generator's ``motion`` where it is not the preset's own (the run store keys a
+        set by the knobs it names)."""
+        if name not in SYNTHETIC or settings.motion == synthetic.KNOBS[name]["motion"]:
+            return {}
+        return {"motion": settings.motion}
+
     return {
         "lab": Faces(DataSpec.of(settings.dataset, settings.data_root, size=size,
-                                 n_subjects=settings.n_subjects, seed=seed), clahe),
+                                 n_subjects=settings.n_subjects, seed=seed,
+                                 **knobs(settings.dataset)), clahe),
         "wild": Faces(DataSpec.of(settings.wild_dataset, settings.wild_root, size=size,
-                                  n_subjects=settings.wild_subjects, seed=seed), clahe),
+                                  n_subjects=settings.wild_subjects, seed=seed,
+                                  **knobs(settings.wild_dataset)), clahe),
         "mechanism": Faces(DataSpec.of("synth-lab", size=size, n_subjects=settings.n_subjects,
-                                       seed=seed), clahe),
+                                       seed=seed, **knobs("synth-lab")), clahe),
         "pool": Faces(DataSpec.of("synth-lab", size=size, n_subjects=settings.pool_subjects,
                                   seed=derive_seed(seed, "landmark pool") % 2**31,
-                                  frames="all"), clahe),
+                                  frames="all", **knobs("synth-lab")), clahe),
     }
 
 
@@ -439,7 +460,8 @@ def plan(settings: Settings) -> Plan:
             members = [(kind, k, None if kind == "baseline" else "full")
                        for kind in ("baseline", "control", "ftl")
                        for k in range(settings.curve_networks)]
-            members += [("el", k, part) for k, part in enumerate(ENSEMBLE_PARTS)]
+            if "el" in curve_kinds(settings):
+                members += [("el", k, part) for k, part in enumerate(ENSEMBLE_PARTS)]
             for kind, k, part in members:
                 net = Net(part, mech.n_classes, settings.width, init, k)
                 label = (f"{subjects(n)}, seed {r}: {KIND_NAMES[kind]} "

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from fernb.data.synthetic import MOTION_MAX
 from fernb.params import (LEARNING_RATE, POSITIVE_INT, ChapterSettings, Choice, Constraint,
                           DatasetName, ListOf, Range, Relation, Unused, dataset_rules, param,
                           relation)
+from fernb.transfer import STOP_ON
 
 LAB_DATASETS = ("synth-lab", "ckplus", "jaffe", "folder")
 WILD_DATASETS = ("synth-wild", "sfew", "rafdb", "folder")
@@ -53,8 +55,10 @@ class Settings(ChapterSettings):
     wild_dataset: str = param("synth-wild", DatasetName(WILD_DATASETS),
                               'in-the-wild set; the paper uses "sfew" (set wild_root)')
     wild_root: str = param("", Folder(), "folder of a real in-the-wild dataset")
-    wild_subjects: int = param(20, Range(4, 10_000, integer=True),
+    wild_subjects: int = param(40, Range(4, 10_000, integer=True),
                                "synth-wild subjects, 40 images each")
+    motion: float = param(2.0, Range(0, MOTION_MAX),
+                          "landmark motion of the synthetic expressions (generator: 1)")
     image_size: int = param(48, Range(48, 224, integer=True), "paper: 160")
     width: float = param(0.25, Range(0, 4, open_low=True),
                          "channel multiplier, 1.0 is the paper network")
@@ -73,7 +77,7 @@ class Settings(ChapterSettings):
                              'stage 2, at most, on cached features (paper: "a few", 10)')
     finetune_epochs: int = param(4, POSITIVE_INT, "stage 3, at most (paper, CK+: 290)")
     wild_direct_epochs: int = param(20, POSITIVE_INT, "the same in the wild (paper, SFEW: 400)")
-    wild_landmark_epochs: int = param(8, POSITIVE_INT, "paper, SFEW: 200")
+    wild_landmark_epochs: int = param(16, POSITIVE_INT, "paper, SFEW: 200")
     wild_finetune_epochs: int = param(4, POSITIVE_INT, "paper, SFEW: 190")
     direct_lr: float = param(0.01, LEARNING_RATE, "paper: 1e-2")
     landmark_lr: float = param(0.01, LEARNING_RATE, "paper: 1e-2")
@@ -86,6 +90,9 @@ class Settings(ChapterSettings):
     batch_size: int = param(32, POSITIVE_INT, "paper: 32")
     patience: int = param(5, POSITIVE_INT,
                           'early stopping on the validation loss (paper: "saturation")')
+    stop_on: str = param("accuracy", Choice(*STOP_ON),
+                         'what early stopping of expression training watches: validation '
+                         '"accuracy" or "loss" (the paper)')
     head_patience: int = param(5, POSITIVE_INT,
                                "early stopping of stage 2 (an epoch: every cached copy)")
     augment: str = param("paper", Choice(*AUGMENTS),

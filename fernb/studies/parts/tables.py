@@ -19,7 +19,7 @@ from fernb.evaluate import to_predictions
 from fernb.landmarks import PART_COLORS
 from fernb.models.parts import (ENSEMBLE_PARTS, LANDMARK_SETS, PartNetwork, complexity_summary,
                                 expression_network)
-from fernb.studies.parts.protocol import (CURVE_KINDS, KIND_NAMES, KINDS, subjects,
+from fernb.studies.parts.protocol import (KIND_NAMES, KINDS, curve_kinds, subjects,
                                           transfer_config)
 from fernb.studies.parts.results import Results
 from fernb.transfer import TransferConfig
@@ -208,7 +208,7 @@ def travel_table(results: Results) -> pd.DataFrame:
     for regime, wheres in (("default", [w for ws in places(results).values() for w in ws]),
                            ("mechanism", [str(n) for n in sorted(results.settings.curve)])):
         for where in wheres:
-            for kind in (KINDS if regime == "default" else CURVE_KINDS):
+            for kind in (KINDS if regime == "default" else curve_kinds(results.settings)):
                 nets = results.networks(regime, where, kind)
                 stage1 = [results.stage1(n).record["summary"]["travel"] for n in nets
                           if n.stage1 is not None]
@@ -250,14 +250,16 @@ def curve_correct(results: Results, n: int, kind: str, *, artifact: str = "test"
 def curve_table(results: Results) -> pd.DataFrame:
     """The learning curve: test accuracy (%) of each kind at each number of
     expression-labelled subjects (mean over the curve seeds), FTL and EL after stage 2, the
-    majority class's rate, the labelled training faces."""
+    majority class's rate, the labelled training faces (EL where the curve trains it,
+    :func:`~fernb.studies.parts.protocol.curve_kinds`)."""
     rows = {}
+    kinds = curve_kinds(results.settings)
     for n in sorted(results.settings.curve):
         net = results.networks("mechanism", str(n), "baseline")[0]
         y = results.labels[("mechanism", str(n))]
-        row = {KIND_NAMES[k]: 100 * curve_correct(results, n, k).mean() for k in CURVE_KINDS}
+        row = {KIND_NAMES[k]: 100 * curve_correct(results, n, k).mean() for k in kinds}
         row |= {f"{KIND_NAMES[k]} after stage 2": 100 * curve_correct(
-            results, n, k, artifact="head").mean() for k in ("ftl", "el")}
+            results, n, k, artifact="head").mean() for k in ("ftl", "el") if k in kinds}
         rows[n] = {**row, "majority class": 100 * majority(y),
                    "labelled faces": len(net.job.spec["train"])}
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -274,6 +276,8 @@ def curve_figure(table: pd.DataFrame) -> Figure:
     one line per kind, the majority class's rate dotted."""
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for name, (colour, marker) in CURVE_STYLE.items():
+        if name not in table:
+            continue
         ax.plot(table.index, table[name], marker=marker, color=colour, label=name)
     ax.plot(table.index, table["majority class"], ls=":", color="k", lw=1,
             label="majority class")
