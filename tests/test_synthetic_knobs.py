@@ -336,6 +336,29 @@ def test_motion_scales_landmark_motion_and_keeps_texture() -> None:
     assert diff.max() > 20
 
 
+def test_motion_one_moves_the_farthest_point_three_to_eleven_percent_of_the_face() -> None:
+    """The magnitudes the data chapter and chapter 3 state (clean peaks: no pose, jitter,
+    blends or resting bias; 96 px)."""
+    ds = generate("synth-lab", n_subjects=4, size=96, seed=2, pose=0.0, au_jitter=0.0,
+                  blend_prob=0.0, resting_bias=0.0, intensity=(1.0, 1.0), frames="all")
+    width = ds.landmarks[:, 16, 0] - ds.landmarks[:, 0, 0]
+    seq, frame = ds.meta["sequence"], ds.meta["frame"]
+    farthest, corners, jaw = {}, [], []
+    for s in np.unique(seq):
+        idx = np.flatnonzero(seq == s)
+        rest, peak = idx[frame[idx].argmin()], idx[frame[idx].argmax()]
+        moved = np.linalg.norm(ds.landmarks[peak] - ds.landmarks[rest], axis=1) / width[rest]
+        emotion = ds.classes[ds.labels[peak]]
+        farthest.setdefault(emotion, []).append(100 * moved.max())
+        if emotion == "happiness":
+            corners.append(100 * moved[[48, 54]].mean())
+        if emotion == "surprise":
+            jaw.append(100 * moved[8])
+    means = {e: np.mean(v) for e, v in farthest.items()}
+    assert 3 <= min(means.values()) and max(means.values()) <= 11, means
+    assert np.mean(corners) == pytest.approx(6, abs=1) and np.mean(jaw) == pytest.approx(10, abs=1)
+
+
 @pytest.mark.parametrize("knobs, error, match", [
     (dict(distractor=1.5), ValueError, "knob 'distractor' must be a cue strength in"),
     (dict(distractor="high"), TypeError, "knob 'distractor'"),

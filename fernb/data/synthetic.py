@@ -117,8 +117,8 @@ names: the faces, poses and noise of a set stay the same when one is turned on.
   texture cues keep their contrast: at 0 the landmarks stay at rest and an expression shows
   only as forehead, glabella and chin lines, crow's feet, nose wrinkles, folds and the
   dimple. The dark mouth interior needs parted lips, so it fades with the motion. At the
-  default 1 a full-intensity expression moves its farthest point by 3-9 % of the face's
-  width (a smile's lip corners about 5 %, a jaw drop about 9 %), a subtle expression;
+  default 1 a full-intensity expression moves its farthest point by 3-11 % of the face's
+  width (a smile's lip corners about 6 %, a jaw drop about 10 %), a subtle expression;
   ``motion=2`` doubles every displacement, a pronounced expression, and the largest scale,
   :data:`MOTION_MAX` (3), caricatures. Evidence masks still mark the regions of the
   active AUs.
@@ -221,7 +221,7 @@ _COMMON = {"intensity", "au_jitter", "blend_prob", "blend_strength", "identity",
            "clutter", "label_noise", "imbalance"}
 # Mechanism knobs, off by default in both presets. They enter the cache key only when set, so
 # sets cached before they existed (the same bytes) stay valid.
-# The largest ``motion``: three times the default caricatures (the jaw drops by a quarter of
+# The largest ``motion``: three times the default caricatures (the chin drops by nearly a third of
 # the face's width).
 MOTION_MAX = 3.0
 _MECHANISM_OFF: dict[str, Any] = dict(distractor=None, blend_pairs="uniform",

@@ -59,4 +59,8 @@ PROSE_NUMBERS: dict[str, float | list[float]] = {
     "calibration target, synth-lab (%)": [80, 95],
     "calibration target, synth-wild (%)": [50, 75],
     "holdout shares of subjects, test / validation (%)": [20, 15],
+    # tests/test_synthetic_knobs.py measures these on the generator's clean peaks
+    "farthest point's motion at motion 1, % of the face's width (range)": [3, 11],
+    "a smile's lip corners, a jaw drop at motion 1 (% of the face's width)": [6, 10],
+    "largest motion": synthetic.MOTION_MAX,
 }
