@@ -77,7 +77,7 @@ def settings_sentences(results: Results) -> dict[str, str]:
         + f", tested on the {len(test)} faces of the "
         f"{len(np.unique(test.load().subjects))} held-out subjects"
         + ("" if "el" in curve_kinds(s) else
-           f" (EL, five part networks, joins the curve when `curve_networks` is "
+           f" (EL, five part networks, joins the curve when curve_networks is "
            f"{len(ENSEMBLE_PARTS)}, as in the gpu and paper profiles: five networks against "
            f"one would compare ensemble sizes, not kinds)"))
     return {"default_settings": default, "mechanism_settings": mechanism}
