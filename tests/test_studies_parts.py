@@ -19,7 +19,7 @@ from fernb import chapters
 from fernb.course import schedule
 from fernb.data.datasets import FaceDataset
 from fernb.params import ParameterError
-from fernb.report import paper_results, paper_vs_book
+from fernb.report import MISSING, format_table, paper_results, paper_vs_book
 from fernb.store import Store
 from fernb.studies import parts as study
 from fernb.studies.parts import analysis, protocol, tables
@@ -549,3 +549,12 @@ def test_prose_numbers_are_the_architectures():
                  / numbers["paper pre-training lr x steps (100 x 30 x 1e-2)"], 3) == \
         numbers["the paper's ratio of the two"]
     assert round(tables.conv_share(), 2) == numbers["conv share (%)"]
+
+
+def test_the_data_table_counts_faces_in_whole_numbers(plan):
+    shown = format_table(study.data_table(plan))
+    lab = plan.lab.load()
+    assert shown.at["lab: synth-lab", "classes"] == str(lab.n_classes)
+    assert shown.at["lab: synth-lab", "train"] == f"{len(plan.lab_splits[0].train):,}"
+    assert shown.at["mechanism: landmark pool", "test"] == MISSING
+    assert shown.at["mechanism: labelled set", "train"] == MISSING

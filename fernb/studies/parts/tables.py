@@ -328,7 +328,7 @@ def names(settings) -> dict[str, str]:
 
 def data_table(plan) -> pd.DataFrame:
     """Every face set of both regimes: faces, subjects, classes and the faces of each
-    part of its split (the first lab trial's)."""
+    part of its split (the first lab trial's); None where a set has no such part."""
     lab_split = plan.lab_splits[plan.settings.trials[0]]
     rows = {}
     for name, faces, split in (("lab", plan.lab, lab_split), ("wild", plan.wild, plan.wild_split)):
@@ -340,14 +340,15 @@ def data_table(plan) -> pd.DataFrame:
     pool = plan.pool.load()
     rows["mechanism: landmark pool"] = {
         "faces": len(pool), "subjects": len(np.unique(pool.subjects)),
-        "classes": np.nan, "train": np.nan, "validation": np.nan, "test": np.nan}
+        "classes": None, "train": None, "validation": None, "test": None}
     mech = plan.mechanism.load()
     rows["mechanism: labelled set"] = {
         "faces": len(mech), "subjects": len(np.unique(mech.subjects)),
-        "classes": mech.n_classes, "train": np.nan,
+        "classes": mech.n_classes, "train": None,
         "validation": len(plan.mechanism_split["val"]),
         "test": len(plan.mechanism_split["test"])}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    # object columns keep counts integers beside the sets' missing parts
+    return pd.DataFrame(list(rows.values()), index=list(rows), dtype=object)
 
 
 def data_figure(plan) -> Figure:
