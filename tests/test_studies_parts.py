@@ -558,3 +558,15 @@ def test_the_data_table_counts_faces_in_whole_numbers(plan):
     assert shown.at["lab: synth-lab", "train"] == f"{len(plan.lab_splits[0].train):,}"
     assert shown.at["mechanism: landmark pool", "test"] == MISSING
     assert shown.at["mechanism: labelled set", "train"] == MISSING
+
+
+def test_the_training_curves_of_each_set(results):
+    for protocol in ("lab", "wild"):
+        histories = study.default_histories(results, protocol)
+        assert set(histories) == {"Baseline", "FTL stage 2", "FTL stage 3", "EL stage 2",
+                                  "EL stage 3"}
+        n = results.settings.n_networks
+        assert [len(histories[k]) for k in sorted(histories)] == [n, 5, 5, n, n]  # B, EL, FTL
+    fig = study.wild_curves(results)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["loss", "accuracy (%)"]
+    plt.close(fig)

@@ -38,7 +38,7 @@ from fernb.studies.parts.highlights import (curve_sentences, displacement_senten
                                             wild_probe_sentences)
 from fernb.studies.parts.learning import (curve_checks, curve_learning_histories,
                                           curve_majority, default_checks, default_histories,
-                                          lab_majority, landmark_curves)
+                                          lab_majority, landmark_curves, wild_curves)
 from fernb.studies.parts.protocol import KIND_NAMES, Plan, plan
 from fernb.studies.parts.results import Results, load, run
 from fernb.studies.parts.settings import PROSE_NUMBERS, Settings
@@ -52,13 +52,13 @@ from fernb.verdicts import claims_table as _claims_table
 __all__ = [
     "COLUMNS", "KIND_NAMES", "PROSE_NUMBERS", "Plan", "Results", "Settings", "arithmetic",
     "claims", "claims_table", "complexity", "curve_checks", "curve_claims", "curve_figure",
-    "curve_majority", "displacements",
-    "curve_learning_histories", "curve_table", "data_figure", "data_table", "default_checks",
-    "default_histories", "error_table", "gradcam_evidence", "gradcam_figure", "highlights",
-    "lab_majority", "landmark_curves", "landmark_figure", "landmark_figure_faces",
-    "landmark_pairs", "landmark_probe", "load", "measured", "metrics", "minutes", "names",
-    "own_part_lift", "part_displacements", "plan", "rate_table", "real_data", "run",
-    "schedule", "stage2_table", "table1", "table3", "travel_table",
+    "curve_learning_histories", "curve_majority", "curve_table", "data_figure", "data_table",
+    "default_checks", "default_histories", "displacements", "error_table", "gradcam_evidence",
+    "gradcam_figure", "highlights", "lab_majority", "landmark_curves", "landmark_figure",
+    "landmark_figure_faces", "landmark_pairs", "landmark_probe", "load", "measured", "metrics",
+    "minutes", "names", "own_part_lift", "part_displacements", "plan", "rate_table",
+    "real_data", "run", "schedule", "stage2_table", "table1", "table3", "travel_table",
+    "wild_curves",
 ]
 
 

@@ -13,12 +13,12 @@ from fernb.studies.parts.tables import COLUMNS, column_logits, logits, majority,
 from fernb.verdicts import Learning, learned
 
 
-def default_histories(results: Results) -> dict[str, list[pd.DataFrame]]:
-    """The default regime's expression training curves on the lab set: the Baseline's, and
-    FTL's and EL's stage 2 and stage 3, one history per network."""
-    lab = places(results)["lab"]
+def default_histories(results: Results, protocol: str = "lab"
+                      ) -> dict[str, list[pd.DataFrame]]:
+    """The default regime's expression training curves on the lab set (or the wild set):
+    the Baseline's, and FTL's and EL's stage 2 and stage 3, one history per network."""
     out: dict[str, list[pd.DataFrame]] = {}
-    for where in lab:
+    for where in places(results)[protocol]:
         for net in results.networks("default", where, "baseline"):
             out.setdefault("Baseline", []).append(results.entry(net).frame("history"))
         for kind in ("ftl", "el"):
@@ -100,6 +100,14 @@ def curve_checks(results: Results) -> list[Learning]:
                 checks.append(learned(f"{KIND_NAMES[kind]} stage 2 at {subjects(n)}{seed}", z,
                                       y, n_classes=z.shape[-1], rule=SoftmaxSum()))
     return checks
+
+
+def wild_curves(results: Results) -> Figure:
+    """The wild set's expression training curves (:func:`default_histories`), with the
+    majority class's rate of its test faces."""
+    from fernb.figures import curves_frame, training_curves
+    return training_curves(curves_frame(default_histories(results, "wild")),
+                           majority=majority(logits(results, "wild", "baseline")[1]))
 
 
 def landmark_curves(results: Results) -> Figure:
