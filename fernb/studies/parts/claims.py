@@ -18,7 +18,7 @@ from fernb.studies.parts.protocol import KIND_NAMES, curve_kinds, subjects
 from fernb.studies.parts.results import Results
 from fernb.studies.parts.learning import _learned
 from fernb.studies.parts.tables import (COLUMNS, accuracies, conv_share, correct,
-                                        curve_correct)
+                                        curve_correct, places)
 from fernb.verdicts import UNTESTABLE, Check, Claim, condition, judge, judge_fact, learned
 
 # Sec. V-A's order of discriminability, from the AUs each part takes part in.
@@ -34,17 +34,22 @@ def _heads(results: Results, protocol: str, *columns: str, name: str) -> list[Ch
             if c in ("FTL", "EL")]
 
 
-def _sizes(results: Results, *columns: str) -> list[Check]:
-    """Two ensembles of Table I are compared only with as many networks each (the paper's
-    five): EL is five part networks, the Baseline and FTL ``n_networks``."""
-    size = {"Baseline": results.settings.n_networks, "FTL": results.settings.n_networks,
-            "EL": len(ENSEMBLE_PARTS)}
-    if not set(columns) <= set(size) or len({size[c] for c in columns}) == 1:
+def _same_size(a: str, size_a: int, b: str, size_b: int, parameter: str) -> Check:
+    """Two ensembles are compared only with as many networks each: otherwise the test
+    compares ensemble sizes, not kinds of network."""
+    return condition(size_a == size_b,
+                     f"{a} has {size_a} networks and {b} {size_b}: an ensemble against a "
+                     f"smaller one (set {parameter} to {max(size_a, size_b)} to compare them)")
+
+
+def _sizes(results: Results, where: str, *columns: str) -> list[Check]:
+    """:func:`_same_size` for two ensemble columns of Table I (EL's five part networks,
+    ``n_networks`` of the Baseline and FTL) trained at ``where``; none for a part."""
+    kinds = {name: kind for kind, name in KIND_NAMES.items()}
+    if not set(columns) <= set(kinds):
         return []
-    a, b = columns
-    return [condition(False, f"{a} has {size[a]} networks and {b} {size[b]}: an ensemble "
-                             f"against a smaller one (set n_networks to {len(ENSEMBLE_PARTS)}"
-                             f" to compare them)")]
+    a, b = (len(results.networks("default", where, kinds[c])) for c in columns)
+    return [_same_size(columns[0], a, columns[1], b, "n_networks")]
 
 
 def compare(results: Results, protocol: str, a: str, b: str, claim: str, source: str,
@@ -55,7 +60,8 @@ def compare(results: Results, protocol: str, a: str, b: str, claim: str, source:
     name = names[protocol]
     own = "wild" if protocol == "cross" else protocol  # where the networks trained
     requires = [_learned(results, protocol, a, name), _learned(results, protocol, b, name),
-                *_heads(results, own, a, b, name=names[own]), *_sizes(results, a, b)]
+                *_heads(results, own, a, b, name=names[own]),
+                *_sizes(results, places(results)[own][0], a, b)]
     test = mcnemar(correct(results, protocol, a), correct(results, protocol, b))
     return judge(claim, source, test, expect="greater", requires=requires, scale=100,
                  what="points")
@@ -207,10 +213,8 @@ def curve_claims(results: Results) -> pd.DataFrame:
             size_a = len(results.networks("mechanism", str(n), a, seeds[0]))
             size_b = len(results.networks("mechanism", str(n), b, seeds[0]))
             requires = [*checks(a), *checks(b), *checks(a, "head"),
-                        condition(size_a == size_b,
-                                  f"{KIND_NAMES[a]} has {size_a} networks and "
-                                  f"{KIND_NAMES[b]} {size_b}: an ensemble against a smaller "
-                                  f"one (set curve_networks to {size_a} to compare them)")]
+                        _same_size(KIND_NAMES[a], size_a, KIND_NAMES[b], size_b,
+                                   "curve_networks")]
             test = clustered_test(curve_correct(results, n, a), curve_correct(results, n, b))
             claim = judge(f"{KIND_NAMES[a]} beats the {KIND_NAMES[b]}", "mechanism regime",
                           test,

@@ -64,6 +64,7 @@ def settings_sentences(results: Results) -> dict[str, str]:
     candidates = s.n_subjects - held_out_subjects(s.n_subjects, s.n_folds)
     test = plan.mechanism_split["test"]
     pool_ids = np.unique(pool.subjects)
+    el_on_curve = "el" in curve_kinds(s)
     mechanism = (
         f"a landmark pool of {len(pool_ids)} other synth-lab subjects, every frame of their "
         f"sequences ({len(pool)} faces, landmarks only; "
@@ -73,10 +74,10 @@ def settings_sentences(results: Results) -> dict[str, str]:
         f"next, from the {candidates} synth-lab subjects outside the test and validation "
         f"folds ({_plural(len(s.curve_seeds), 'draw')}); at every point "
         f"{_plural(s.curve_networks, 'network')} of each of Baseline, FTL and control"
-        + (" and EL's five" if "el" in curve_kinds(s) else "")
+        + (" and EL's five" if el_on_curve else "")
         + f", tested on the {len(test)} faces of the "
         f"{len(np.unique(test.load().subjects))} held-out subjects"
-        + ("" if "el" in curve_kinds(s) else
+        + ("" if el_on_curve else
            f" (EL, five part networks, joins the curve when curve_networks is "
            f"{len(ENSEMBLE_PARTS)}, as in the gpu and paper profiles: five networks against "
            f"one would compare ensemble sizes, not kinds)"))

@@ -107,7 +107,7 @@ def wild_curves(results: Results) -> Figure:
     majority class's rate of its test faces."""
     from fernb.figures import curves_frame, training_curves
     return training_curves(curves_frame(default_histories(results, "wild")),
-                           majority=majority(logits(results, "wild", "baseline")[1]))
+                           majority=majority_rate(results, "wild"))
 
 
 def landmark_curves(results: Results) -> Figure:
@@ -122,9 +122,14 @@ def curve_learning_histories(results: Results) -> dict[str, list[pd.DataFrame]]:
     return curve_histories(results, min(results.settings.curve))
 
 
+def majority_rate(results: Results, protocol: str) -> float:
+    """The majority class's share of the protocol's test faces."""
+    return majority(logits(results, protocol, "baseline")[1])
+
+
 def lab_majority(results: Results) -> float:
     """The majority class's share of the lab test faces."""
-    return majority(logits(results, "lab", "baseline")[1])
+    return majority_rate(results, "lab")
 
 
 def curve_majority(results: Results) -> float:
